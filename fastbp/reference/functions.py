@@ -1,0 +1,105 @@
+"""The book's ``common/functions.py`` in plain NumPy, plus ``log_softmax``.
+
+These are also the implementations :mod:`fastbp.functions` uses where NumPy is already as fast
+as a kernel would be (``relu``, ``step_function``, ``cross_entropy_error``, ...).
+"""
+
+import numpy as np
+
+from fastbp import validation as v
+
+CROSS_ENTROPY_GUARD = 1e-7
+"""Added to the probability before the log in :func:`cross_entropy_error`, as in the book, so that
+a zero probability gives a large finite loss (``-log(1e-7) = 16.118``) instead of inf."""
+
+
+def identity_function(x):
+    """Return ``x`` unchanged (the book's output activation for regression)."""
+    return x
+
+
+def step_function(x):
+    """1 where ``x > 0``, else 0, as integers."""
+    return np.array(np.asarray(x) > 0, dtype=int)
+
+
+def sigmoid(x):
+    """The logistic function in the stable two-branch form: ``exp`` never sees a positive number.
+
+    Unlike the book's ``1 / (1 + exp(-x))`` it gives no overflow warning at ``x = -1000``.
+    """
+    xc, out_dtype = v.float_input(x)
+    e = np.exp(-np.abs(xc))
+    r = 1 / (1 + e)
+    return v.as_result(np.where(xc >= 0, r, e * r), out_dtype)
+
+
+def sigmoid_grad(x):
+    """Derivative of :func:`sigmoid` at ``x``."""
+    s = sigmoid(x)
+    return (1 - s) * s
+
+
+def relu(x):
+    """``max(0, x)`` elementwise (NaN passes through)."""
+    return np.maximum(0, x)
+
+
+def relu_grad(x):
+    """The book's ``relu_grad``: 1 where ``x >= 0``, else 0 (the layer ``Relu`` passes 0 at 0)."""
+    x = np.asarray(x)
+    grad = np.zeros_like(x)
+    grad[x >= 0] = 1
+    return grad
+
+
+def log_softmax(x):
+    """``x - logsumexp(x)`` along the last axis, exact for any finite logits."""
+    xc, out_dtype = v.float_input(x)
+    with np.errstate(invalid="ignore", over="ignore"):
+        m = np.max(xc, axis=-1, keepdims=True) if xc.size else np.zeros((*xc.shape[:-1], 1))
+        shifted = xc - m
+        lse = np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    return v.as_result(shifted - lse, out_dtype)
+
+
+def softmax(x):
+    """Softmax along the last axis (1-D, 2-D or N-D), with the row maximum subtracted first."""
+    xc, out_dtype = v.float_input(x)
+    if xc.ndim == 0:
+        return v.as_result(np.ones_like(xc), out_dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        m = np.max(xc, axis=-1, keepdims=True) if xc.size else 0
+        e = np.exp(xc - m)
+        return v.as_result(e / np.sum(e, axis=-1, keepdims=True), out_dtype)
+
+
+def sum_squared_error(y, t):
+    """``0.5 * sum((y - t)**2)``."""
+    return 0.5 * np.sum((np.asarray(y) - np.asarray(t)) ** 2)
+
+
+def cross_entropy_error(y, t):
+    """The book's cross-entropy of probabilities ``y`` against labels or one-hot ``t``.
+
+    ``y`` holds probabilities (a softmax output), not logits. As in the book, a one-hot ``t`` (as
+    many elements as ``y``) is turned into labels by ``argmax``, and :data:`CROSS_ENTROPY_GUARD`
+    is added inside the log so that a zero probability gives 16.118 instead of inf. Labels are
+    checked: one out of range raises ``IndexError``. For an exact loss from logits use
+    :class:`~fastbp.layers.SoftmaxWithLoss`.
+    """
+    y = v._as_array(y, "y")
+    t = np.asarray(t)
+    if y.ndim == 1:
+        t = t.reshape(1, t.size)
+        y = y.reshape(1, y.size)
+    if t.size == y.size:
+        t = t.argmax(axis=1)
+    _, labels = v.targets(t, y.shape)
+    batch_size = y.shape[0]
+    return -np.sum(np.log(y[np.arange(batch_size), labels] + CROSS_ENTROPY_GUARD)) / batch_size
+
+
+def softmax_loss(X, t):
+    """The book's ``softmax_loss``: :func:`cross_entropy_error` of :func:`softmax` of ``X``."""
+    return cross_entropy_error(softmax(X), t)

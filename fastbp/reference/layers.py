@@ -1,0 +1,165 @@
+"""The chapter-5 layers in plain NumPy: the oracle the kernels are tested against.
+
+Same classes, constructors, attributes and ``forward``/``backward`` signatures as the book's
+``common/layers.py`` and ``ch05/layer_naive.py``, with the three deliberate differences that
+fastbp documents: the loss is exact log-sum-exp, sigmoid is the stable two-branch form, and
+``dout`` is never mutated. Inputs go through :mod:`fastbp.validation`, as the kernel layers' do,
+so both backends accept and reject the same inputs.
+"""
+
+import numpy as np
+
+from fastbp import validation as v
+from fastbp.reference.functions import log_softmax, sigmoid
+
+
+class MulLayer:
+    """``out = x * y``; works on Python scalars (as in the book's buy-apple example) and arrays."""
+
+    def __init__(self):
+        self.x = None
+        self.y = None
+
+    def forward(self, x, y):
+        self.x = x
+        self.y = y
+        return x * y
+
+    def backward(self, dout):
+        dx = dout * self.y
+        dy = dout * self.x
+        return dx, dy
+
+
+class AddLayer:
+    """``out = x + y``; the gradient passes to both inputs unchanged."""
+
+    def __init__(self):
+        pass
+
+    def forward(self, x, y):
+        return x + y
+
+    def backward(self, dout):
+        dx = dout * 1
+        dy = dout * 1
+        return dx, dy
+
+
+class Relu:
+    """``out = max(x, 0)``; ``mask`` is True where ``x <= 0`` (NaN is not masked)."""
+
+    def __init__(self):
+        self.mask = None
+
+    def forward(self, x):
+        x = v._as_array(x, "x")
+        self.mask = x <= 0
+        return np.where(self.mask, x.dtype.type(0), x)
+
+    def backward(self, dout):
+        v.require_forward(self.mask, "Relu")
+        dout = v.gradient_for(dout, self.mask.shape, "Relu")
+        return np.where(self.mask, dout.dtype.type(0), dout)
+
+
+class Sigmoid:
+    """``out = 1 / (1 + exp(-x))``, in the stable form; ``out`` is kept for ``backward``."""
+
+    def __init__(self):
+        self.out = None
+
+    def forward(self, x):
+        xc, out_dtype = v.float_input(x)
+        self.out = v.as_result(sigmoid(xc), out_dtype)
+        return self.out
+
+    def backward(self, dout):
+        v.require_forward(self.out, "Sigmoid")
+        dout = v.gradient_for(dout, self.out.shape, "Sigmoid")
+        (d, y), out_dtype = v.float_inputs(("dout", "out"), dout, self.out)
+        return v.as_result(d * (1 - y) * y, out_dtype)
+
+
+class Affine:
+    """``out = x @ W + b``, with N-d ``x`` flattened to (N, -1).
+
+    ``W`` and ``b`` are kept by reference and read on every call, so in-place optimizer updates
+    and reassignment (``layer.W = ...``) are both seen.
+    """
+
+    def __init__(self, W, b):
+        self.W = W
+        self.b = b
+        self.x = None
+        self.original_x_shape = None
+        self.dW = None
+        self.db = None
+
+    def forward(self, x):
+        x = v._as_array(x, "x")
+        W = v._as_array(self.W, "W")
+        x2 = v.affine_shapes(x, W, self.b)
+        (xc, Wc, bc), out_dtype = v.float_inputs(("x", "W", "b"), x2, W, self.b)
+        self.original_x_shape = x.shape
+        self.x = xc
+        return v.as_result(np.dot(xc, Wc) + bc, out_dtype)
+
+    def backward(self, dout):
+        v.require_forward(self.x, "Affine")
+        W = v._as_array(self.W, "W")
+        dout = v.gradient_for(dout, (self.x.shape[0], W.shape[1]), "Affine")
+        (d, Wc, xc), out_dtype = v.float_inputs(("dout", "W", "x"), dout, W, self.x)
+        dx = np.dot(d, Wc.T)
+        self.dW = v.as_result(np.dot(xc.T, d), out_dtype)
+        self.db = v.as_result(np.sum(d, axis=0), out_dtype)
+        return v.as_result(dx, out_dtype).reshape(self.original_x_shape)
+
+
+class SoftmaxWithLoss:
+    """Softmax followed by the cross-entropy loss, computed exactly by log-sum-exp.
+
+    ``forward(x, t)`` takes logits (N, C) or (C,), and integer labels (N,) or (N, 1) in any
+    integer dtype, or probability/one-hot targets (N, C). It returns the mean loss. ``y`` holds
+    the softmax probabilities, ``t`` the targets as given, ``loss`` the loss.
+    """
+
+    def __init__(self):
+        self.loss = None
+        self.y = None
+        self.t = None
+
+    def forward(self, x, t):
+        xc, out_dtype = v.float_input(x)
+        x2, self._x_shape = v.logits_2d(xc)
+        if xc.ndim == 1:
+            t = np.reshape(t, (1, -1))
+        kind, target = v.targets(t, x2.shape)
+        self.t = t
+        n = x2.shape[0]
+        with np.errstate(invalid="ignore"):
+            logp = log_softmax(x2)
+            self._y = np.exp(logp)
+            if kind == "labels":
+                losses = -logp[np.arange(n), target]
+            else:
+                target = np.asarray(target, dtype=xc.dtype)
+                losses = -np.sum(np.where(target != 0, target * logp, 0), axis=1, dtype=np.float64)
+        self._kind, self._target = kind, target
+        loss = np.sum(losses, dtype=np.float64) / n if n else np.nan
+        self.loss = out_dtype.type(loss)
+        self.y = v.as_result(self._y, out_dtype).reshape(self._x_shape)
+        self._out_dtype = out_dtype
+        return self.loss
+
+    def backward(self, dout=1):
+        v.require_forward(self.y, "SoftmaxWithLoss")
+        y, t, n = self._y, self._target, self._y.shape[0]
+        scale = y.dtype.type(v.loss_gradient_scale(dout) / max(n, 1))
+        if self._kind == "labels":
+            onehot = np.zeros_like(y)
+            onehot[np.arange(n), t] = 1
+            dx = (y - onehot) * scale
+        else:
+            dx = (y * t.sum(axis=1, keepdims=True) - t) * scale
+        return v.as_result(dx, self._out_dtype).reshape(self._x_shape)

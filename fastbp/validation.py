@@ -1,0 +1,219 @@
+"""Input checks and conversions shared by both backends.
+
+The reference layers and the kernel layers call the same functions here, so they accept the same
+inputs, reject the same inputs with the same messages, and give the same output dtypes. Nothing
+here is compiled: every check runs in Python before any kernel sees the data, because a kernel
+given an out-of-range label or a short array reads or writes outside its arrays.
+
+Dtype policy (NUMERICS.md): float32 and float64 run as they are. Other real dtypes are promoted the
+way ``numpy.exp`` promotes them (bool and int8 to float16, int16 to float32, wider integers to
+float64). float16 runs in float32 and is cast back. Complex, object, string and extended-precision
+inputs raise ``TypeError``.
+"""
+
+import numbers
+
+import numpy as np
+
+COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _as_array(a, name):
+    if isinstance(a, np.ndarray):
+        arr = a
+    else:
+        try:
+            arr = np.asarray(a)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be a real numeric array; got {type(a).__name__}") from exc
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array; got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
+        raise TypeError(f"{name} has dtype {arr.dtype}; fastbp supports up to float64")
+    return arr
+
+
+def _dtype_operand(a):
+    # Python scalars stay "weak" in NumPy's promotion (float32 array + 0 stays float32).
+    return a if isinstance(a, numbers.Number) else np.asarray(a)
+
+
+def result_dtype(*operands):
+    """The float dtype NumPy would give ``numpy.exp`` of an expression of ``operands``."""
+    return np.result_type(*[_dtype_operand(a) for a in operands], np.float16)
+
+
+def compute_dtype(dtype):
+    """The dtype a kernel runs in for a result of ``dtype``: float32 or float64."""
+    return np.dtype(np.float32) if np.dtype(dtype).itemsize <= 4 else np.dtype(np.float64)
+
+
+def float_inputs(names, *arrays, contiguous=False):
+    """Convert ``arrays`` to one compute dtype.
+
+    Parameters
+    ----------
+    names : sequence of str
+        Names for error messages, one per array.
+    *arrays : array_like
+        The inputs.
+    contiguous : bool
+        Also make every array C-contiguous (what kernels need). The caller's arrays are never
+        modified; a copy is made only where the dtype or layout requires one.
+
+    Returns
+    -------
+    converted : list of ndarray
+        The arrays in the compute dtype (float32 or float64).
+    out_dtype : numpy.dtype
+        The dtype of the result the caller should return.
+    """
+    checked = [_as_array(a, n) for a, n in zip(arrays, names, strict=True)]
+    out_dtype = result_dtype(*[a if isinstance(a, numbers.Number) else c
+                               for a, c in zip(arrays, checked, strict=True)])
+    work = compute_dtype(out_dtype)
+    if contiguous:
+        converted = [np.ascontiguousarray(c, dtype=work) for c in checked]
+    else:
+        converted = [np.asarray(c, dtype=work) for c in checked]
+    return converted, out_dtype
+
+
+def float_input(x, name="x", *, contiguous=False):
+    """:func:`float_inputs` for a single array: returns ``(converted, out_dtype)``."""
+    (converted,), out_dtype = float_inputs((name,), x, contiguous=contiguous)
+    return converted, out_dtype
+
+
+def as_result(y, out_dtype):
+    """Cast a computed array to the result dtype (no copy when it is already that dtype)."""
+    return y if y.dtype == out_dtype else y.astype(out_dtype)
+
+
+def gradient_for(dout, shape, layer):
+    """Check that ``dout`` broadcasts to ``shape``, the shape of the layer's forward output."""
+    arr = _as_array(dout, "dout")
+    try:
+        broadcast = np.broadcast_shapes(arr.shape, shape)
+    except ValueError:
+        broadcast = None
+    if broadcast != tuple(shape):
+        raise ValueError(
+            f"{layer}.backward: dout of shape {arr.shape} does not match the forward "
+            f"output of shape {tuple(shape)}"
+        )
+    return np.broadcast_to(arr, shape) if arr.shape != tuple(shape) else arr
+
+
+def require_forward(value, layer):
+    """Raise a clear error when ``backward`` is called before ``forward``."""
+    if value is None:
+        raise RuntimeError(f"{layer}.backward called before {layer}.forward")
+
+
+def affine_shapes(x, W, b):
+    """Check Affine's operands; return ``x`` reshaped to 2-D as the book does.
+
+    ``x`` of shape (N, ...) becomes (N, D). ``W`` must be (D, H), and ``b`` must broadcast to
+    (N, H).
+    """
+    if x.ndim == 0:
+        raise ValueError("Affine.forward: x must have a batch axis; got a 0-d array")
+    if W.ndim != 2:
+        raise ValueError(f"Affine: W must be 2-D (D, H); got shape {W.shape}")
+    x2 = x.reshape(x.shape[0], -1)
+    if x2.shape[1] != W.shape[0]:
+        raise ValueError(
+            f"Affine.forward: x of shape {x.shape} (as {x2.shape}) does not fit W of shape "
+            f"{W.shape}: x needs {W.shape[0]} features per row"
+        )
+    out_shape = (x2.shape[0], W.shape[1])
+    try:
+        fits = np.broadcast_shapes(np.shape(b), out_shape) == out_shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"Affine.forward: b of shape {np.shape(b)} does not broadcast to the output "
+            f"shape {out_shape}"
+        )
+    return x2
+
+
+def logits_2d(x, name="x"):
+    """Logits as (N, C): 1-D logits are one sample. Return the 2-D view and the input's shape."""
+    if x.ndim == 1:
+        return x.reshape(1, -1), x.shape
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 1-D (C,) or 2-D (N, C); got shape {x.shape}")
+    return x, x.shape
+
+
+def targets(t, x_shape):
+    """Classify and convert the targets of softmax-cross-entropy.
+
+    Parameters
+    ----------
+    t : array_like
+        Integer class labels of shape (N,) or (N, 1), any integer dtype; or class
+        probabilities (one-hot included), float or bool, of shape (N, C). An integer array of
+        shape (N, C) with C > 1 is read as one-hot.
+    x_shape : tuple
+        The logits' shape (N, C).
+
+    Returns
+    -------
+    kind : {"labels", "probs"}
+    t : ndarray
+        Labels as ``intp`` of shape (N,), checked to lie in [0, C); or the probabilities as
+        given (the caller converts them to its compute dtype).
+
+    Raises
+    ------
+    ValueError
+        The batch sizes, or the class counts, of logits and targets differ.
+    TypeError
+        Float or bool labels of shape (N,), or a non-numeric target.
+    IndexError
+        A label is negative or not less than C. Nothing is computed.
+    """
+    n, c = x_shape
+    t = _as_array(t, "t")
+    if t.ndim == 0 or t.ndim > 2 or t.shape[0] != n:
+        raise ValueError(
+            f"logits of shape {tuple(x_shape)} and targets of shape {t.shape} do not fit: "
+            f"targets need shape ({n},) for labels or ({n}, {c}) for probabilities"
+        )
+    integer = t.dtype.kind in "iu"
+    as_labels = t.ndim == 1 or (t.ndim == 2 and t.shape[1] == 1 and (integer or c != 1))
+    if as_labels and not integer:
+        raise TypeError(
+            f"labels must be integers; got dtype {t.dtype} with shape {t.shape} "
+            f"(probability targets need shape ({n}, {c}))"
+        )
+    if as_labels:
+        t = t.reshape(n)
+        if n and c < 1:
+            raise ValueError(f"logits of shape {tuple(x_shape)} have no classes")
+        bad = (t < 0) | (t >= c)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise IndexError(
+                f"label {t[row]} at row {row} is out of range for {c} classes "
+                f"(labels must be in [0, {c - 1}])"
+            )
+        return "labels", t.astype(np.intp, copy=False)
+    if t.shape[1] != c:
+        raise ValueError(
+            f"logits of shape {tuple(x_shape)} and targets of shape {t.shape} do not fit: "
+            f"probability targets need shape ({n}, {c})"
+        )
+    return "probs", t
+
+
+def loss_gradient_scale(dout):
+    """``dout`` of a loss layer must be a scalar (the book passes 1)."""
+    arr = _as_array(dout, "dout")
+    if arr.size != 1:
+        raise ValueError(f"SoftmaxWithLoss.backward: dout must be a scalar; got shape {arr.shape}")
+    return float(arr.reshape(()))
