@@ -1,0 +1,53 @@
+"""The ``fastbp`` command line: ``fastbp train``, ``fastbp verify``, ``fastbp bench``.
+
+Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
+``run(args) -> int`` (the exit status). Modules are imported only when their subcommand runs, so
+``fastbp --help`` stays fast.
+"""
+
+import argparse
+import importlib
+import sys
+
+from fastbp._version import __version__
+
+SUBCOMMANDS = {
+    "train": ("fastbp.training", "train a TwoLayerNet on handwritten digits (the main job)"),
+    "verify": ("fastbp.verify", "check kernels against the NumPy reference on this machine"),
+    "bench": ("fastbp.bench", "time reference, kernels and PyTorch side by side"),
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="fastbp",
+        description="Fast, verified backprop layers from Deep Learning from Scratch, chapter 5.",
+    )
+    parser.add_argument("--version", action="version", version=f"fastbp {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, summary) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=summary)
+        p.set_defaults(_module=module)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            p.set_defaults(_missing=True)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", False):
+        print(f"fastbp {args.command}: not available in this build", file=sys.stderr)
+        return 2
+    return importlib.import_module(args._module).run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
