@@ -140,12 +140,12 @@ class SoftmaxWithLoss:
         self.t = None
 
     def forward(self, x, t):
-        xc, out_dtype = v.float_input(x, contiguous=True)
-        x2, self._x_shape = v.logits_2d(xc)
+        xc, out_dtype = v.logits(x, contiguous=True)
+        x2, x_shape = v.logits_2d(xc)
         if xc.ndim == 1:
             t = np.reshape(t, (1, -1))
         kind, target = v.targets(t, x2.shape)
-        self.t = t
+        self.t, self._x_shape = t, x_shape
         n = x2.shape[0]
         y = np.empty_like(x2)
         losses = np.empty(n, dtype=np.float64)

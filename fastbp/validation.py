@@ -140,6 +140,15 @@ def affine_shapes(x, W, b):
     return x2
 
 
+def logits(x, *, contiguous=False):
+    """Logits for softmax-cross-entropy: integer and bool logits become float64 (NUMERICS.md),
+    float16 runs in float32; complex raises ``TypeError``. Returns ``(converted, out_dtype)``."""
+    arr = _as_array(x, "x")
+    if arr.dtype.kind in "biu":
+        arr = arr.astype(np.float64)
+    return float_input(arr, contiguous=contiguous)
+
+
 def logits_2d(x, name="x"):
     """Logits as (N, C): 1-D logits are one sample. Return the 2-D view and the input's shape."""
     if x.ndim == 1:

@@ -1,0 +1,262 @@
+"""Check a layer against a reference: the helper every fastbp layer test goes through.
+
+Use it for your own kernels too. Build the candidate and the reference from the same inputs,
+and :func:`compare_layers` runs forward and backward on both, compares outputs, input gradients
+and parameter gradients with the tolerances of fastbp's numerical contract, checks the output
+dtype, and checks that no input was modified::
+
+    import numpy as np
+    from fastbp import layers, reference
+    from fastbp.testing import assert_layers_agree
+
+    rng = np.random.default_rng(0)
+    W, b, x = rng.standard_normal((4, 3)), rng.standard_normal(3), rng.standard_normal((5, 4))
+    assert_layers_agree(
+        lambda cast: layers.Affine(cast(W), cast(b)),           # the candidate
+        lambda cast: reference.layers.Affine(cast(W), cast(b)),  # the oracle
+        (x,), dtype=np.float32, grads=("dW", "db"),
+    )
+
+Tolerances (NUMERICS.md): in float64 the two must agree within ``rtol = 1e-12`` and
+``atol = 1e-12 * max|reference|``. In float32 (and float16) the reference runs in float64 on the
+*same* rounded inputs; arrays must agree within ``rtol = 1.3e-6`` and
+``atol = 1e-5 * max|reference|`` (torch's float32 defaults, scaled), a scalar loss within
+``atol = 1e-6 * max(1, |loss|)``. NaN must meet NaN, and inf the same inf.
+"""
+
+import dataclasses
+
+import numpy as np
+
+__all__ = [
+    "Check",
+    "Comparison",
+    "assert_finite_differences",
+    "assert_layers_agree",
+    "compare_layers",
+    "finite_difference_check",
+    "tolerances",
+]
+
+
+@dataclasses.dataclass
+class Check:
+    """One compared quantity: the largest error, and the error it was allowed."""
+
+    quantity: str
+    max_error: float
+    tolerance: float
+    ratio: float
+    detail: str = ""
+
+    @property
+    def passed(self):
+        return bool(self.ratio <= 1.0)
+
+
+@dataclasses.dataclass
+class Comparison:
+    """Every :class:`Check` of one :func:`compare_layers` call."""
+
+    name: str
+    dtype: str
+    checks: list
+
+    @property
+    def passed(self):
+        return all(c.passed for c in self.checks)
+
+    def report(self):
+        """A plain-text table: one row per quantity."""
+        rows = [f"{self.name} [{self.dtype}]"]
+        for c in self.checks:
+            mark = "ok" if c.passed else "FAIL"
+            rows.append(
+                f"  {c.quantity:<12} max error {c.max_error:10.3e}  tolerance {c.tolerance:10.3e}"
+                f"  {mark}{'  ' + c.detail if c.detail else ''}"
+            )
+        return "\n".join(rows)
+
+
+def tolerances(dtype, scale, scalar=False):
+    """``(rtol, atol)`` for comparing a result of ``dtype`` whose reference peaks at ``scale``."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        return 1e-12, 1e-12 * scale
+    if scalar:
+        return 0.0, 1e-6 * max(1.0, scale) if dtype == np.float32 else 1e-3 * max(1.0, scale)
+    if dtype == np.float32:
+        return 1.3e-6, 1e-5 * scale
+    return 1e-3, 1e-3 * scale  # float16: about 1 ulp
+
+
+def _compare(quantity, got, want, dtype):
+    got = np.asarray(got)
+    want = np.asarray(want)
+    if got.shape != want.shape:
+        return Check(quantity, np.inf, 0.0, np.inf, f"shape {got.shape} != {want.shape}")
+    g = got.astype(np.float64)
+    w = want.astype(np.float64)
+    finite = np.isfinite(w)
+    scale = float(np.max(np.abs(w[finite]), initial=0.0))
+    rtol, atol = tolerances(dtype, scale, scalar=want.ndim == 0)
+    same_special = (np.isnan(g) & np.isnan(w)) | ((g == w) & ~finite)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.where(same_special, 0.0, np.abs(g - w))
+        err = np.where(np.isnan(err), np.inf, err)  # NaN against a number, or inf against inf
+        allowed = atol + rtol * np.abs(np.where(finite, w, 0.0))
+        ratio = np.where(err == 0, 0.0, err / np.where(allowed > 0, allowed, np.finfo(float).tiny))
+    worst = float(np.max(ratio, initial=0.0))
+    return Check(quantity, float(np.max(err, initial=0.0)), float(atol + rtol * scale), worst)
+
+
+def _is_float(a):
+    return isinstance(a, np.ndarray) and a.dtype.kind == "f"
+
+
+def _outputs(value):
+    return value if isinstance(value, tuple) else (value,)
+
+
+def compare_layers(make_candidate, make_reference, inputs, *, dtype=np.float64, dout=None,
+                   grads=(), name=None, seed=0):
+    """Run forward and backward on two layers built from the same data, and compare them.
+
+    Parameters
+    ----------
+    make_candidate, make_reference : callable
+        ``make(cast) -> layer``. ``cast`` converts a float array to the dtype the layer should
+        be built with: ``dtype`` for the candidate, and for the reference float64 holding the
+        same ``dtype``-rounded values. Apply it to every float parameter.
+    inputs : tuple
+        The arguments of ``forward``. Float arrays are cast as above; anything else (integer
+        labels, for instance) is passed to both layers unchanged.
+    dtype : dtype
+        The candidate's dtype: float64, float32 or float16.
+    dout : array_like, optional
+        The upstream gradient. By default a seeded standard normal array of the output's shape,
+        or 1 when ``forward`` returns a scalar loss.
+    grads : sequence of str
+        Attributes set by ``backward`` to compare as well (``("dW", "db")`` for Affine).
+    name : str, optional
+        A label for the report.
+    seed : int
+        Seed of the default ``dout``.
+
+    Returns
+    -------
+    Comparison
+        Checks for the forward output(s), the backward output(s), each of ``grads``, the
+        output dtype, and that no input array was modified.
+    """
+    dtype = np.dtype(dtype)
+    ref_dtype = np.dtype(np.float64)
+
+    def cast_candidate(a):
+        return np.asarray(a, dtype=dtype) if _is_float(np.asarray(a)) else a
+
+    def cast_reference(a):
+        if not _is_float(np.asarray(a)):
+            return a
+        return np.asarray(a, dtype=dtype).astype(ref_dtype)
+
+    candidate = make_candidate(cast_candidate)
+    reference = make_reference(cast_reference)
+    c_inputs = tuple(cast_candidate(a) for a in inputs)
+    r_inputs = tuple(cast_reference(a) for a in inputs)
+    before = [a.copy() if isinstance(a, np.ndarray) else None for a in c_inputs]
+
+    c_out = candidate.forward(*c_inputs)
+    r_out = reference.forward(*r_inputs)
+    checks = [_compare("forward", c, r, dtype) for c, r in zip(_outputs(c_out), _outputs(r_out),
+                                                                strict=True)]
+    got_dtype = np.asarray(_outputs(c_out)[0]).dtype
+    checks.append(Check("dtype", float(got_dtype != dtype), 0.0,
+                        0.0 if got_dtype == dtype else np.inf, f"got {got_dtype}"))
+
+    if dout is None:
+        shape = np.shape(_outputs(r_out)[0])
+        dout = 1 if shape == () else np.random.default_rng(seed).standard_normal(shape)
+    c_dx = candidate.backward(cast_candidate(np.asarray(dout)) if np.ndim(dout) else dout)
+    r_dx = reference.backward(cast_reference(np.asarray(dout)) if np.ndim(dout) else dout)
+    for k, (c, r) in enumerate(zip(_outputs(c_dx), _outputs(r_dx), strict=True)):
+        checks.append(_compare("backward" if k == 0 else f"backward[{k}]", c, r, dtype))
+    for g in grads:
+        checks.append(_compare(g, getattr(candidate, g), getattr(reference, g), dtype))
+
+    changed = [i for i, (a, b) in enumerate(zip(c_inputs, before, strict=True))
+               if b is not None and not np.array_equal(a, b, equal_nan=True)]
+    checks.append(Check("inputs kept", float(bool(changed)), 0.0, np.inf if changed else 0.0,
+                        f"inputs {changed} were modified" if changed else ""))
+    label = name or type(candidate).__name__
+    return Comparison(label, dtype.name, checks)
+
+
+def assert_layers_agree(make_candidate, make_reference, inputs, **kwargs):
+    """:func:`compare_layers`, raising ``AssertionError`` with the report if any check fails."""
+    result = compare_layers(make_candidate, make_reference, inputs, **kwargs)
+    if not result.passed:
+        raise AssertionError("layers disagree:\n" + result.report())
+    return result
+
+
+def finite_difference_check(make_layer, inputs, *, params=(), wrt=(0,), dout=None, h=1e-6,
+                            seed=0):
+    """Compare a layer's backward with central differences, in float64.
+
+    The layer is built once by ``make_layer()``. The scalar probed is ``sum(forward(*inputs) *
+    dout)`` (or the loss itself when ``forward`` returns a scalar). Each parameter named in
+    ``params`` (a mapping such as ``{"W": "dW", "b": "db"}``) is perturbed in place, element by
+    element, which also checks that the layer reads its parameters on every call.
+
+    Returns
+    -------
+    list of Check
+        One per probed input (``wrt`` indexes ``inputs``) and per parameter. The error is
+        ``max|analytic - numeric| / max(max|analytic|, max|numeric|)``, allowed ``1e-6``.
+    """
+    layer = make_layer()
+    inputs = [np.array(a, dtype=np.float64) if _is_float(np.asarray(a)) else a for a in inputs]
+    out = layer.forward(*inputs)
+    if dout is None:
+        dout = 1.0 if np.ndim(out) == 0 else np.random.default_rng(seed).standard_normal(
+            np.shape(out))
+
+    def probe():
+        return float(np.sum(np.asarray(layer.forward(*inputs), dtype=np.float64) * dout))
+
+    analytic = _outputs(layer.backward(dout))
+    targets = [(f"d(input {i})", inputs[i], analytic[i] if i < len(analytic) else None)
+               for i in wrt]
+    params = dict(params)
+    analytic_params = {p: np.array(getattr(layer, g), dtype=np.float64)
+                       for p, g in params.items()}
+    targets += [(params[p], getattr(layer, p), analytic_params[p]) for p in params]
+
+    checks = []
+    for label, array, grad in targets:
+        numeric = np.zeros(array.shape)
+        flat = array.reshape(-1)  # a view: perturbs the array the layer reads
+        for k in range(flat.size):
+            keep = flat[k]
+            flat[k] = keep + h
+            f_plus = probe()
+            flat[k] = keep - h
+            f_minus = probe()
+            flat[k] = keep
+            numeric.reshape(-1)[k] = (f_plus - f_minus) / (2 * h)
+        grad = np.asarray(grad, dtype=np.float64).reshape(numeric.shape)
+        scale = max(np.max(np.abs(grad), initial=0.0), np.max(np.abs(numeric), initial=0.0))
+        err = float(np.max(np.abs(grad - numeric), initial=0.0) / scale) if scale else 0.0
+        checks.append(Check(label, err, 1e-6, err / 1e-6))
+    return checks
+
+
+def assert_finite_differences(make_layer, inputs, **kwargs):
+    """:func:`finite_difference_check`, raising ``AssertionError`` if any error exceeds 1e-6."""
+    checks = finite_difference_check(make_layer, inputs, **kwargs)
+    bad = [c for c in checks if not c.passed]
+    if bad:
+        raise AssertionError("finite differences disagree: " + ", ".join(
+            f"{c.quantity}: {c.max_error:.3e}" for c in bad))
+    return checks

@@ -1,0 +1,142 @@
+"""``fastbp verify``: check the kernels against the NumPy reference on this machine.
+
+Runs :func:`fastbp.testing.compare_layers` for every layer in float32 and float64, in the serial
+and the threaded kernel builds, and :func:`fastbp.testing.finite_difference_check` for every
+layer in float64, then prints one table row per check. Exits 1 if any check fails.
+"""
+
+import dataclasses
+import time
+
+import numpy as np
+
+from fastbp import layers
+from fastbp.reference import layers as reference
+from fastbp.testing import compare_layers, finite_difference_check
+
+DTYPES = (np.float32, np.float64)
+
+
+@dataclasses.dataclass
+class LayerCase:
+    """A layer and the data to run it on: ``make(module, cast)`` builds it from either backend."""
+
+    name: str
+    make: object
+    inputs: tuple
+    grads: tuple = ()
+    params: dict = dataclasses.field(default_factory=dict)
+
+    def candidate(self, cast):
+        return self.make(layers, cast)
+
+    def reference(self, cast):
+        return self.make(reference, cast)
+
+
+def away_from_zero(rng, shape, low=0.05, high=2.0):
+    """Random values with ``low <= |x| <= high``: finite differences never cross ReLU's kink."""
+    return rng.uniform(low, high, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def layer_cases(seed=0, batch=7):
+    """The standard cases: every kernel-backed layer, every label form, odd sizes, N-d input."""
+    rng = np.random.default_rng(seed)
+    x_nd = rng.standard_normal((batch, 3, 4))
+    W, b = rng.standard_normal((12, 9)), rng.standard_normal(9)
+    logits = 3 * rng.standard_normal((batch, 10))
+    labels = rng.integers(0, 10, batch)
+    probs = rng.dirichlet(np.ones(10), batch)
+    return [
+        LayerCase("Relu", lambda m, cast: m.Relu(), (away_from_zero(rng, (batch, 13)),)),
+        LayerCase("Sigmoid", lambda m, cast: m.Sigmoid(),
+                  (3 * rng.standard_normal((batch, 13)),)),
+        LayerCase("Affine", lambda m, cast: m.Affine(cast(W), cast(b)), (x_nd,),
+                  grads=("dW", "db"), params={"W": "dW", "b": "db"}),
+        LayerCase("SoftmaxWithLoss[labels]", lambda m, cast: m.SoftmaxWithLoss(),
+                  (logits, labels)),
+        LayerCase("SoftmaxWithLoss[uint8 (N,1)]", lambda m, cast: m.SoftmaxWithLoss(),
+                  (logits, labels.astype(np.uint8).reshape(-1, 1))),
+        LayerCase("SoftmaxWithLoss[one-hot]", lambda m, cast: m.SoftmaxWithLoss(),
+                  (logits, np.eye(10)[labels])),
+        LayerCase("SoftmaxWithLoss[probs]", lambda m, cast: m.SoftmaxWithLoss(),
+                  (logits, probs)),
+    ]
+
+
+def run_checks(seed=0):
+    """Yield ``(layer, dtype, build, check)`` for every agreement and finite-difference check."""
+    from fastbp.kernels import jit
+
+    saved = jit.PARALLEL_MIN_ELEMENTS
+    try:
+        for build, threshold in (("serial", np.iinfo(np.int64).max), ("threaded", 0)):
+            jit.PARALLEL_MIN_ELEMENTS = threshold
+            for case in layer_cases(seed):
+                for dtype in DTYPES:
+                    result = compare_layers(case.candidate, case.reference, case.inputs,
+                                            dtype=dtype, grads=case.grads, name=case.name)
+                    for check in result.checks:
+                        yield case.name, np.dtype(dtype).name, build, check
+    finally:
+        jit.PARALLEL_MIN_ELEMENTS = saved
+    for case in layer_cases(seed):
+        checks = finite_difference_check(
+            lambda case=case: case.candidate(lambda a: np.array(a, dtype=np.float64)),
+            case.inputs, params=case.params,
+        )
+        for check in checks:
+            check.quantity = "fd " + check.quantity
+            yield case.name, "float64", "finite diff", check
+
+
+def add_arguments(parser):
+    parser.add_argument("--seed", type=int, default=0, help="seed of the test data (default 0)")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="print every check, not one row per layer, dtype and build")
+
+
+def _environment():
+    import platform
+
+    import numba
+
+    from fastbp import __version__
+
+    return (f"fastbp {__version__}, numpy {np.__version__}, numba {numba.__version__}, "
+            f"Python {platform.python_version()}, {platform.machine()}, "
+            f"{numba.config.NUMBA_NUM_THREADS} numba threads")
+
+
+def run(args):
+    start = time.perf_counter()
+    print(_environment())
+    rows = {}
+    failures = []
+    for name, dtype, build, check in run_checks(args.seed):
+        key = (name, dtype, build)
+        worst = rows.get(key)
+        if worst is None or check.ratio > worst.ratio:
+            rows[key] = check
+        if args.verbose:
+            print(f"  {name:<30} {dtype:<8} {build:<11} {check.quantity:<14} "
+                  f"{check.max_error:10.3e} {check.tolerance:10.3e}")
+        if not check.passed:
+            failures.append((key, check))
+    header = (f"{'layer':<30} {'dtype':<8} {'build':<11} {'worst quantity':<15}"
+              f"{'max error':>11} {'tolerance':>11}  result")
+    print(header)
+    print("-" * len(header))
+    for (name, dtype, build), check in rows.items():
+        status = "pass" if all(k != (name, dtype, build) for k, _ in failures) else "FAIL"
+        print(f"{name:<30} {dtype:<8} {build:<11} {check.quantity:<15}"
+              f"{check.max_error:11.3e} {check.tolerance:11.3e}  {status}")
+    elapsed = time.perf_counter() - start
+    if failures:
+        print(f"\n{len(failures)} check(s) FAILED ({elapsed:.1f} s):")
+        for (name, dtype, build), check in failures:
+            print(f"  {name} {dtype} {build}: {check.quantity} error {check.max_error:.3e} "
+                  f"> {check.tolerance:.3e} {check.detail}")
+        return 1
+    print(f"\nall {len(rows)} rows pass ({elapsed:.1f} s, JIT compilation included)")
+    return 0

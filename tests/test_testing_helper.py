@@ -1,0 +1,103 @@
+"""The agreement helper must catch what it is there to catch."""
+
+import numpy as np
+import pytest
+
+from fastbp import layers, reference
+from fastbp.testing import assert_layers_agree, compare_layers, tolerances
+
+X = np.array([[0.0, 1.5, -2.0, 3.0], [np.nan, -0.5, 0.25, 0.0]])
+
+
+class GradientAtZero(layers.Relu):
+    """The classic mistake: passing the gradient at exactly 0."""
+
+    def backward(self, dout):
+        dx = super().backward(dout)
+        return np.where(self.x == 0, dout, dx)
+
+    def forward(self, x):
+        self.x = x
+        return super().forward(x)
+
+
+class Upcasts(layers.Sigmoid):
+    def forward(self, x):
+        return super().forward(x).astype(np.float64)
+
+
+class MutatesDout(reference.layers.Relu):
+    def backward(self, dout):
+        dout[self.mask] = 0  # the book's in-place write
+        return dout
+
+
+class OffBy1e11(layers.Sigmoid):
+    def forward(self, x):
+        out = super().forward(x)
+        return out * (1 + 1e-11)  # 45000 ulp: beyond rtol 1e-12
+
+
+def test_agreeing_layers_pass():
+    result = compare_layers(lambda c: layers.Relu(), lambda c: reference.layers.Relu(), (X,))
+    assert result.passed
+    assert {c.quantity for c in result.checks} >= {"forward", "backward", "dtype", "inputs kept"}
+
+
+def test_gradient_at_zero_is_caught():
+    with pytest.raises(AssertionError, match="backward"):
+        assert_layers_agree(lambda c: GradientAtZero(), lambda c: reference.layers.Relu(),
+                            (X,), dout=np.ones_like(X))
+
+
+def test_upcast_is_caught():
+    result = compare_layers(lambda c: Upcasts(), lambda c: reference.layers.Sigmoid(), (X,),
+                            dtype=np.float32)
+    assert [c.quantity for c in result.checks if not c.passed] == ["dtype"]
+
+
+def test_mutation_of_an_input_is_caught():
+    # dout is not an input of forward; a layer mutating x is caught by "inputs kept".
+    class MutatesX(layers.Relu):
+        def forward(self, x):
+            x[...] = 0
+            return super().forward(x)
+
+    result = compare_layers(lambda c: MutatesX(), lambda c: reference.layers.Relu(), (X.copy(),))
+    assert not result.passed
+    assert "inputs kept" in [c.quantity for c in result.checks if not c.passed]
+
+
+def test_float64_tolerance_is_tight():
+    result = compare_layers(lambda c: OffBy1e11(), lambda c: reference.layers.Sigmoid(),
+                            (np.abs(np.nan_to_num(X)),))
+    assert not result.passed
+
+
+def test_nan_must_meet_nan():
+    class NanToZero(layers.Relu):
+        def forward(self, x):
+            return np.nan_to_num(super().forward(x))
+
+    result = compare_layers(lambda c: NanToZero(), lambda c: reference.layers.Relu(), (X,))
+    assert not result.passed
+
+
+def test_tolerances_follow_the_contract():
+    assert tolerances(np.float64, 10.0) == (1e-12, 1e-11)
+    assert tolerances(np.float32, 2.0) == (1.3e-6, 2e-5)
+    assert tolerances(np.float32, 20000.0, scalar=True) == (0.0, 1e-6 * 20000.0)
+    assert tolerances(np.float32, 0.01, scalar=True) == (0.0, 1e-6)
+
+
+def test_reference_does_not_mutate_dout_but_the_books_relu_would():
+    dout = np.ones_like(X)
+    layer = MutatesDout()
+    layer.forward(X)
+    layer.backward(dout)
+    assert dout.sum() < dout.size  # the book's behaviour, shown for contrast
+    ref = reference.layers.Relu()
+    ref.forward(X)
+    dout = np.ones_like(X)
+    ref.backward(dout)
+    assert dout.sum() == dout.size
