@@ -52,7 +52,10 @@ def sigmoid_grad(x):
 def softmax(x):
     """Softmax along the last axis of 1-D, 2-D or N-D ``x``, with the row maximum subtracted."""
     xc, out_dtype = v.float_input(x, contiguous=True)
-    rows = xc.reshape(-1, xc.shape[-1]) if xc.ndim else xc.reshape(1, 1)
+    if xc.ndim == 0:
+        rows = xc.reshape(1, 1)
+    else:  # explicit row count: reshape(-1, 0) is ambiguous for an empty last axis
+        rows = xc.reshape(xc.size // max(xc.shape[-1], 1), xc.shape[-1])
     y = np.empty_like(rows)
     softmax_kernels.softmax_rows(rows, y)
     return v.as_result(y.reshape(xc.shape), out_dtype)

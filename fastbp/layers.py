@@ -30,7 +30,7 @@ class Relu:
         if x.dtype not in v.COMPUTE_DTYPES:  # integers, bool, float16: a selection, exact in NumPy
             self.mask = x <= 0
             return np.where(self.mask, x.dtype.type(0), x)
-        x = np.ascontiguousarray(x)
+        x = np.asarray(x, order="C")
         out = np.empty_like(x)
         self.mask = np.empty(x.shape, dtype=bool)
         activations.relu_forward(x.reshape(-1), out.reshape(-1), self.mask.reshape(-1))
@@ -41,7 +41,7 @@ class Relu:
         dout = v.gradient_for(dout, self.mask.shape, "Relu")
         if dout.dtype not in v.COMPUTE_DTYPES:
             return np.where(self.mask, dout.dtype.type(0), dout)
-        dout = np.ascontiguousarray(dout)
+        dout = np.asarray(dout, order="C")
         dx = np.empty_like(dout)
         activations.relu_backward(dout.reshape(-1), self.mask.reshape(-1), dx.reshape(-1))
         return dx
@@ -152,7 +152,7 @@ class SoftmaxWithLoss:
         if kind == "labels":
             softmax.softmax_cross_entropy_labels_forward(x2, target, y, losses)
         else:
-            target = np.ascontiguousarray(target, dtype=x2.dtype)
+            target = np.asarray(target, dtype=x2.dtype, order="C")
             softmax.softmax_cross_entropy_probs_forward(x2, target, y, losses)
         self._kind, self._target, self._y, self._out_dtype = kind, target, y, out_dtype
         self.loss = out_dtype.type(losses.sum() / n if n else np.nan)

@@ -11,6 +11,7 @@ float64). float16 runs in float32 and is cast back. Complex, object, string and 
 inputs raise ``TypeError``.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -73,7 +74,8 @@ def float_inputs(names, *arrays, contiguous=False):
                                for a, c in zip(arrays, checked, strict=True)])
     work = compute_dtype(out_dtype)
     if contiguous:
-        converted = [np.ascontiguousarray(c, dtype=work) for c in checked]
+        # asarray, not ascontiguousarray: the latter turns 0-d arrays into shape (1,)
+        converted = [np.asarray(c, dtype=work, order="C") for c in checked]
     else:
         converted = [np.asarray(c, dtype=work) for c in checked]
     return converted, out_dtype
@@ -121,7 +123,7 @@ def affine_shapes(x, W, b):
         raise ValueError("Affine.forward: x must have a batch axis; got a 0-d array")
     if W.ndim != 2:
         raise ValueError(f"Affine: W must be 2-D (D, H); got shape {W.shape}")
-    x2 = x.reshape(x.shape[0], -1)
+    x2 = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: ambiguous for 0 rows
     if x2.shape[1] != W.shape[0]:
         raise ValueError(
             f"Affine.forward: x of shape {x.shape} (as {x2.shape}) does not fit W of shape "

@@ -17,7 +17,7 @@ from numba import prange
 from .jit import kernel, sized
 
 
-@kernel(fastmath=True)
+@kernel
 def _exp_row(x, i, y):
     """Write ``exp(x[i] - max(x[i]))`` into ``y[i]``; return the max and the sum (float64)."""
     c = x.shape[1]
@@ -34,7 +34,7 @@ def _exp_row(x, i, y):
     return m, s
 
 
-@sized(fastmath=True)
+@sized
 def softmax_rows(x, y):
     """``y = softmax(x)`` along the last axis."""
     for i in prange(x.shape[0]):
@@ -44,7 +44,7 @@ def softmax_rows(x, y):
             y[i, j] *= inv
 
 
-@sized(fastmath=True)
+@sized
 def softmax_cross_entropy_labels_forward(x, t, y, losses):
     """``y = softmax(x)`` and ``losses[i] = logsumexp(x[i]) - x[i, t[i]]``."""
     for i in prange(x.shape[0]):
@@ -55,7 +55,7 @@ def softmax_cross_entropy_labels_forward(x, t, y, losses):
         losses[i] = (np.float64(m) - np.float64(x[i, t[i]])) + math.log(s)
 
 
-@sized(fastmath=True)
+@sized
 def softmax_cross_entropy_probs_forward(x, t, y, losses):
     """``y = softmax(x)`` and ``losses[i] = -sum_j t[i, j] * log_softmax(x)[i, j]``.
 
@@ -75,7 +75,7 @@ def softmax_cross_entropy_probs_forward(x, t, y, losses):
         losses[i] = acc
 
 
-@sized(fastmath=True)
+@sized
 def softmax_cross_entropy_labels_backward(y, t, scale, dx):
     """``dx = (y - onehot(t)) * scale``."""
     one = y.dtype.type(1)
@@ -85,7 +85,7 @@ def softmax_cross_entropy_labels_backward(y, t, scale, dx):
         dx[i, t[i]] = (y[i, t[i]] - one) * scale
 
 
-@sized(fastmath=True)
+@sized
 def softmax_cross_entropy_probs_backward(y, t, scale, dx):
     """``dx = (y * t.sum(1, keepdims=True) - t) * scale``."""
     for i in prange(y.shape[0]):
