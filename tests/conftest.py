@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
-from fastbp.kernels import jit
 from hypothesis import settings
+
+from fastbp.kernels import jit
 
 # JIT compiles on first call; a deadline would fail the first example of every test.
 settings.register_profile("fastbp", deadline=None, max_examples=60, print_blob=True)
