@@ -1,8 +1,8 @@
 """The ``fastbp`` command line: ``fastbp train``, ``fastbp verify``, ``fastbp bench``.
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
-``run(args) -> int`` (the exit status). Modules are imported only when their subcommand runs, so
-``fastbp --help`` stays fast.
+``run(args) -> int`` (the exit status). Building the parser imports those modules, so they keep
+heavy imports (PyTorch, matplotlib, scikit-learn, tqdm) inside ``run``.
 """
 
 import argparse
