@@ -1,0 +1,394 @@
+"""``fastbp train``: the book's chapter-5 training job (``ch05/train_neuralnet.py``), fast.
+
+It trains a :class:`~fastbp.nets.TwoLayerNet` on scikit-learn's 8x8 digits (or on MNIST from
+local files) with mini-batch gradient descent, prints the train and test accuracy after every
+epoch and a summary at the end. ``--compare`` trains the kernel and the reference backends from
+the same seed, epoch by epoch in turn so that both see the same machine load, and reports the
+speedup and whether the test accuracies agree.
+
+Only NumPy and fastbp are imported at the top: ``fastbp --help`` imports this module. tqdm,
+matplotlib and scikit-learn are imported when they are needed.
+"""
+
+import contextlib
+import copy
+import json
+import math
+import sys
+import time
+
+import numpy as np
+
+from fastbp.nets import BACKENDS, TwoLayerNet
+from fastbp.optim import OPTIMIZERS
+
+__all__ = ["DEFAULT_LR", "TrainingRun", "add_arguments", "load_data", "run"]
+
+DEFAULT_LR = {
+    "sgd": 0.1,
+    "momentum": 0.05,
+    "nesterov": 0.05,
+    "adagrad": 0.05,
+    "rmsprop": 0.002,
+    "adam": 0.002,
+}
+"""The learning rate each optimizer gets when ``--lr`` is not given."""
+
+DEFAULTS = dict(data="digits", hidden=100, epochs=100, batch_size=100, optimizer="sgd", seed=0,
+                backend="kernel", dtype="float64")
+
+EVAL_ROWS = 2048
+"""Rows per forward pass when measuring accuracy, so MNIST's 60000 rows need no 60000-row
+intermediates."""
+
+
+def add_arguments(parser):
+    """Add the options of ``fastbp train`` to an argparse (sub)parser."""
+    d = DEFAULTS
+    parser.add_argument("--data", choices=("digits", "mnist"), default=d["data"],
+                        help="digits: scikit-learn's 8x8 digits, 1500 train / 297 test "
+                             "(default); mnist: the four IDX .gz files in --mnist-dir")
+    parser.add_argument("--mnist-dir", metavar="DIR",
+                        help="directory holding train-images-idx3-ubyte.gz and the other "
+                             "three MNIST files (nothing is downloaded)")
+    parser.add_argument("--hidden", type=int, default=d["hidden"], metavar="N",
+                        help=f"hidden units (default {d['hidden']})")
+    parser.add_argument("--epochs", type=int, default=d["epochs"], metavar="N",
+                        help=f"passes over the training set (default {d['epochs']})")
+    parser.add_argument("--batch-size", type=int, default=d["batch_size"], metavar="N",
+                        help=f"mini-batch size (default {d['batch_size']})")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default: " + ", ".join(
+                            f"{k} {v}" for k, v in DEFAULT_LR.items()) + ")")
+    parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=d["optimizer"],
+                        help=f"update rule (default {d['optimizer']})")
+    parser.add_argument("--seed", type=int, default=d["seed"],
+                        help="seed of the weights and the batch order (default 0)")
+    parser.add_argument("--backend", choices=BACKENDS, default=d["backend"],
+                        help="kernel: Numba layers and fused optimizers (default); "
+                             "reference: plain NumPy")
+    parser.add_argument("--dtype", choices=("float64", "float32"), default=d["dtype"],
+                        help="parameter and data dtype (default float64, as in the book; "
+                             "float32 is faster and halves the memory MNIST takes)")
+    parser.add_argument("--compare", action="store_true",
+                        help="train both backends from the same seed and print the speedup "
+                             "and whether the test accuracies match (exit status 1 if they "
+                             "differ by more than one test sample)")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="save the loss and accuracy curves (needs matplotlib)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON line with the results at the end")
+    parser.add_argument("--blas-threads", type=int, default=1, metavar="N",
+                        help="BLAS threads while training (default 1: mini-batch products are "
+                             "too small to gain from threads, and on a busy machine threads "
+                             "that wait for each other cost milliseconds a step; 0 leaves "
+                             "BLAS as it is; needs threadpoolctl, which scikit-learn brings)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (it is shown on a terminal when tqdm is installed)")
+
+
+def load_data(name, mnist_dir=None, dtype=np.float64):
+    """The data set as ``(x_train, t_train), (x_test, t_test)``: images in ``dtype``, labels intp.
+
+    Converting once here spares every step a conversion (the loaders give float32 images, as the
+    book's ``load_mnist`` does, and a float64 net would convert each batch). MNIST in float64
+    takes 440 MB; ``dtype=float32`` halves that.
+    """
+    from fastbp import datasets
+
+    if name == "digits":
+        (x_train, t_train), (x_test, t_test) = datasets.load_digits()
+    elif name == "mnist":
+        if mnist_dir is None:
+            raise ValueError("--data mnist needs --mnist-dir DIR, the directory that holds the "
+                             "four MNIST .gz files (fastbp never downloads)")
+        (x_train, t_train), (x_test, t_test) = datasets.load_mnist(mnist_dir)
+    else:
+        raise ValueError(f"unknown data set {name!r}")
+
+    def prepare(x, t):
+        return np.ascontiguousarray(x, dtype=dtype), np.asarray(t, dtype=np.intp)
+
+    return prepare(x_train, t_train), prepare(x_test, t_test)
+
+
+def _correct(net, x, t):
+    """How many rows of ``x`` the net classifies as ``t``."""
+    hits = 0
+    for lo in range(0, x.shape[0], EVAL_ROWS):
+        y = net.predict(x[lo:lo + EVAL_ROWS])
+        hits += int(np.sum(np.argmax(y, axis=1) == t[lo:lo + EVAL_ROWS]))
+    return hits
+
+
+class TrainingRun:
+    """One backend's training: a net, its optimizer, its batch order, and what was measured.
+
+    Parameters
+    ----------
+    data : tuple
+        ``(x_train, t_train), (x_test, t_test)`` from :func:`load_data`.
+    backend : {"kernel", "reference"}
+    hidden, batch_size, optimizer, lr, seed, dtype
+        As the command-line options.
+
+    Notes
+    -----
+    One ``numpy.random.default_rng(seed)`` draws the initial weights and then every epoch's
+    permutation of the training set, so two runs with the same seed see the same numbers
+    whatever their backend. The step rate counts only training steps (batch gather, gradient,
+    update): not evaluation, and not JIT compilation, which :meth:`warm_up` triggers on copies.
+    """
+
+    def __init__(self, data, backend, *, hidden, batch_size, optimizer, lr, seed, dtype):
+        (self.x_train, self.t_train), (self.x_test, self.t_test) = data
+        self.backend = backend
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+        self.net = TwoLayerNet(self.x_train.shape[1], hidden, 10, backend=backend,
+                               rng=self.rng, dtype=dtype)
+        self.optimizer = OPTIMIZERS[optimizer](lr, backend=backend)
+        self.params = self.net.params
+        self.steps = 0
+        self.step_seconds = 0.0  # in training steps only
+        self.seconds = 0.0  # in epochs: steps and evaluation, not warm-up
+        self.warm_up_seconds = None
+        self.losses = []
+        self.history = {"epoch": [], "loss": [], "train_accuracy": [], "test_accuracy": []}
+
+    @property
+    def steps_per_epoch(self):
+        return math.ceil(self.x_train.shape[0] / self.batch_size)
+
+    def warm_up(self):
+        """One step and one evaluation on copies of the net and optimizer: compiles the kernels
+        (or loads them from numba's cache) outside the timed steps, and changes nothing."""
+        started = time.perf_counter()
+        net, optimizer = copy.deepcopy((self.net, self.optimizer))
+        x, t = self.x_train[:self.batch_size], self.t_train[:self.batch_size]
+        optimizer.update(net.params, net.gradient(x, t))
+        net.predict(self.x_test[:EVAL_ROWS])
+        self.warm_up_seconds = time.perf_counter() - started
+        return self.warm_up_seconds
+
+    def epoch(self, on_step=None):
+        """Train one pass over the shuffled training set, then measure; return the epoch's row.
+
+        ``on_step(run, loss)`` is called after each step, outside the timed part.
+        """
+        started = time.perf_counter()
+        net, optimizer, params = self.net, self.optimizer, self.params
+        x_train, t_train, batch = self.x_train, self.t_train, self.batch_size
+        order = self.rng.permutation(x_train.shape[0])
+        epoch_losses = []
+        clock = time.perf_counter
+        for lo in range(0, order.size, batch):
+            t0 = clock()
+            idx = order[lo:lo + batch]
+            grads = net.gradient(x_train[idx], t_train[idx])
+            optimizer.update(params, grads)
+            t1 = clock()
+            self.step_seconds += t1 - t0
+            # The loss of the batch before this update: the forward pass that gradient() ran
+            # (the book runs a second forward pass to get it).
+            loss = float(net.last_layer.loss)
+            epoch_losses.append(loss)
+            if on_step is not None:
+                on_step(self, loss)
+        self.steps += len(epoch_losses)
+        self.losses.extend(epoch_losses)
+        h = self.history
+        h["epoch"].append(len(h["epoch"]) + 1)
+        h["loss"].append(float(np.mean(epoch_losses)))
+        h["train_accuracy"].append(_correct(net, x_train, t_train) / x_train.shape[0])
+        h["test_accuracy"].append(self.test_correct / self.x_test.shape[0])
+        self.seconds += time.perf_counter() - started
+        return {key: values[-1] for key, values in h.items()}
+
+    @property
+    def test_correct(self):
+        return _correct(self.net, self.x_test, self.t_test)
+
+    def summary(self):
+        """What the JSON line reports for this run."""
+        h = self.history
+        return {
+            "backend": self.backend,
+            "test_accuracy": h["test_accuracy"][-1] if h["epoch"] else None,
+            "train_accuracy": h["train_accuracy"][-1] if h["epoch"] else None,
+            "loss": h["loss"][-1] if h["epoch"] else None,
+            "epochs": len(h["epoch"]),
+            "steps": self.steps,
+            "seconds": round(self.seconds, 4),
+            "step_seconds": round(self.step_seconds, 4),
+            "steps_per_second": round(self.steps / self.step_seconds, 1)
+            if self.step_seconds else None,
+            "warm_up_seconds": None if self.warm_up_seconds is None
+            else round(self.warm_up_seconds, 4),
+            "test_size": int(self.x_test.shape[0]),
+        }
+
+
+def _progress_bar(total, disable):
+    """A tqdm bar, or None when tqdm is missing or the bar is switched off."""
+    if disable:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    # disable=None: no bar when stderr is not a terminal (CI logs, pipes).
+    return tqdm(total=total, unit="step", disable=None, leave=False, dynamic_ncols=True)
+
+
+def _blas_limit(threads):
+    """A context manager that limits BLAS to ``threads`` threads, where threadpoolctl is there."""
+    if threads > 0:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            pass
+        else:
+            return threadpool_limits(limits=threads, user_api="blas")
+    return contextlib.nullcontext()
+
+
+def _printer(bar):
+    if bar is None:
+        return print
+    from tqdm import tqdm
+    return tqdm.write
+
+
+def _check_plot_support(path):
+    if not path:
+        return None
+    if not str(path).lower().endswith(".png"):
+        return f"--plot needs a .png file name; got {path!r}"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return ('--plot needs matplotlib, which is not installed; install it with: '
+                'pip install "fastbp[data]"')
+    return None
+
+
+def plot(runs, path):
+    """Save the loss per step and the accuracies per epoch of ``runs`` to a PNG file."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for r in runs:
+        steps = np.arange(1, len(r.losses) + 1)
+        ax_loss.plot(steps, r.losses, lw=0.8, label=r.backend)
+        ep = r.history["epoch"]
+        ax_acc.plot(ep, r.history["train_accuracy"], label=f"train ({r.backend})")
+        ax_acc.plot(ep, r.history["test_accuracy"], "--", label=f"test ({r.backend})")
+    ax_loss.set(xlabel="step", ylabel="loss (batch)", yscale="log", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1), title="accuracy")
+    ax_loss.legend()
+    ax_acc.legend(loc="lower right")
+    fig.savefig(path, dpi=100)
+
+
+def _train(runs, epochs, no_progress):
+    """Warm up each run, then train them all, epoch by epoch in turn, printing each epoch."""
+    for r in runs:
+        compile_seconds = r.warm_up()
+        print(f"  {r.backend}: warm-up (JIT compile or cache load) {compile_seconds:.2f} s, "
+              "not counted")
+
+    bar = _progress_bar(epochs * runs[0].steps_per_epoch * len(runs), no_progress)
+    say = _printer(bar)
+
+    def on_step(r, loss):
+        if bar is not None:
+            bar.update(1)
+            if bar.n % 20 == 0:
+                bar.set_postfix_str(f"{r.backend} loss {loss:.4f}", refresh=False)
+
+    wide = max(len(r.backend) for r in runs)
+    try:
+        for _ in range(epochs):
+            # Backends take turns epoch by epoch: a change in machine load hits both.
+            for r in runs:
+                row = r.epoch(on_step)
+                say(f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  "
+                    f"{r.backend:<{wide}}  loss {row['loss']:.4f}  "
+                    f"train acc {row['train_accuracy']:.4f}  "
+                    f"test acc {row['test_accuracy']:.4f}")
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def run(args):
+    """Run ``fastbp train`` with parsed ``args``; return the exit status."""
+    err = sys.stderr
+    for name in ("hidden", "epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            print(f"fastbp train: --{name.replace('_', '-')} must be at least 1", file=err)
+            return 2
+    if args.data == "mnist" and not args.mnist_dir:
+        print("fastbp train: --data mnist needs --mnist-dir DIR, the directory that holds the "
+              "four MNIST .gz files (fastbp never downloads)", file=err)
+        return 2
+    problem = _check_plot_support(args.plot)
+    if problem:
+        print(f"fastbp train: {problem}", file=err)
+        return 2
+    lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
+    dtype = np.dtype(args.dtype)
+    try:
+        data = load_data(args.data, args.mnist_dir, dtype)
+    except (ImportError, OSError, ValueError) as exc:
+        print(f"fastbp train: {exc}", file=err)
+        return 1
+
+    backends = ("kernel", "reference") if args.compare else (args.backend,)
+    runs = [TrainingRun(data, b, hidden=args.hidden, batch_size=args.batch_size,
+                        optimizer=args.optimizer, lr=lr, seed=args.seed, dtype=dtype)
+            for b in backends]
+    n_train, n_test = data[0][0].shape[0], data[1][0].shape[0]
+    print(f"fastbp train: {args.data} ({n_train} train / {n_test} test, "
+          f"{data[0][0].shape[1]} features), TwoLayerNet hidden {args.hidden}, "
+          f"{args.optimizer} lr {lr:g}, batch {args.batch_size}, {args.epochs} epochs, "
+          f"{dtype.name}, seed {args.seed}, backend {' and '.join(backends)}")
+    with _blas_limit(args.blas_threads):
+        _train(runs, args.epochs, args.no_progress)
+
+    summaries = [r.summary() for r in runs]
+    for s in summaries:
+        print(f"{s['backend']}: test accuracy {s['test_accuracy']:.4f}, train accuracy "
+              f"{s['train_accuracy']:.4f}, {s['epochs']} epochs, {s['steps']} steps in "
+              f"{s['step_seconds']:.2f} s ({s['steps_per_second']:.0f} steps/s), "
+              f"{s['seconds']:.2f} s with evaluation")
+    result = dict(summaries[0], optimizer=args.optimizer, lr=lr, hidden=args.hidden,
+                  batch_size=args.batch_size, data=args.data, dtype=dtype.name, seed=args.seed)
+    status = 0
+    if args.compare:
+        kernel, reference = summaries
+        rates = [r.steps / r.step_seconds for r in runs]
+        speedup = rates[0] / rates[1]
+        diff = abs(runs[0].test_correct - runs[1].test_correct)
+        match = diff <= 1
+        print(f"speedup: {speedup:.2f}x (kernel {rates[0]:.0f} steps/s, "
+              f"reference {rates[1]:.0f} steps/s; training steps only)")
+        print(f"test accuracies {'match' if match else 'DIFFER'}: kernel "
+              f"{kernel['test_accuracy']:.4f}, reference {reference['test_accuracy']:.4f} "
+              f"({diff} of {n_test} test samples apart; at most 1 allowed)")
+        result.update(reference=reference, speedup=round(speedup, 3), accuracies_match=match,
+                      test_samples_apart=diff)
+        status = 0 if match else 1
+    if args.plot:
+        try:
+            plot(runs, args.plot)
+        except OSError as exc:
+            print(f"fastbp train: cannot save the plot: {exc}", file=err)
+            status = 1
+        else:
+            print(f"saved the curves to {args.plot}")
+    if args.json:
+        print(json.dumps(result))
+    return status

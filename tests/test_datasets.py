@@ -1,0 +1,165 @@
+"""The data loaders: MNIST from small IDX files written here, and the embedded digits."""
+
+import gzip
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastbp.datasets import MNIST_FILES, load_digits, load_mnist
+
+N_TRAIN, N_TEST = 5, 3
+
+
+def idx_bytes(array, magic):
+    array = np.asarray(array, dtype=np.uint8)
+    return struct.pack(f">i{array.ndim}i", magic, *array.shape) + array.tobytes()
+
+
+def write_gz(path, payload):
+    with gzip.open(path, "wb") as f:
+        f.write(payload)
+
+
+def write_mnist(directory, n_train=N_TRAIN, n_test=N_TEST, seed=0):
+    """Four valid IDX files of random images; returns the arrays written."""
+    rng = np.random.default_rng(seed)
+    data = {
+        "train_img": rng.integers(0, 256, (n_train, 28, 28)),
+        "train_label": rng.integers(0, 10, n_train),
+        "test_img": rng.integers(0, 256, (n_test, 28, 28)),
+        "test_label": rng.integers(0, 10, n_test),
+    }
+    for key, array in data.items():
+        magic = 2051 if key.endswith("img") else 2049
+        write_gz(directory / MNIST_FILES[key], idx_bytes(array, magic))
+    return data
+
+
+@pytest.fixture
+def mnist_dir(tmp_path):
+    return tmp_path, write_mnist(tmp_path)
+
+
+def test_load_mnist_book_defaults(mnist_dir):
+    path, data = mnist_dir
+    (x_train, t_train), (x_test, t_test) = load_mnist(path)
+    assert x_train.shape == (N_TRAIN, 784) and x_test.shape == (N_TEST, 784)
+    assert x_train.dtype == np.float32
+    np.testing.assert_allclose(x_train, data["train_img"].reshape(N_TRAIN, 784) / 255.0,
+                               rtol=1e-7)
+    assert t_train.dtype == np.uint8 and t_train.shape == (N_TRAIN,)
+    np.testing.assert_array_equal(t_test, data["test_label"])
+    assert 0 <= x_test.min() and x_test.max() <= 1
+
+
+def test_load_mnist_options(mnist_dir):
+    path, data = mnist_dir
+    (x_train, t_train), (x_test, _) = load_mnist(str(path), normalize=False, flatten=False,
+                                                 one_hot_label=True)
+    assert x_train.dtype == np.uint8 and x_train.shape == (N_TRAIN, 1, 28, 28)
+    np.testing.assert_array_equal(x_test[:, 0], data["test_img"])
+    assert x_train.flags.writeable
+    assert t_train.shape == (N_TRAIN, 10) and t_train.dtype.kind == "f"
+    np.testing.assert_array_equal(t_train.argmax(axis=1), data["train_label"])
+    np.testing.assert_array_equal(t_train.sum(axis=1), 1)
+
+
+def test_missing_directory_and_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="MNIST directory not found"):
+        load_mnist(tmp_path / "nowhere")
+    write_mnist(tmp_path)
+    (tmp_path / MNIST_FILES["test_label"]).unlink()
+    with pytest.raises(FileNotFoundError, match=r"t10k-labels-idx1-ubyte\.gz"):
+        load_mnist(tmp_path)
+
+
+def good_gz(key):
+    return gzip.compress(idx_bytes(np.zeros((N_TRAIN, 28, 28) if key.endswith("img")
+                                            else N_TRAIN), 2051 if key.endswith("img") else 2049))
+
+
+@pytest.mark.parametrize(("key", "make", "message"), [
+    ("train_img", lambda: good_gz("train_img")[:-20], "truncated or corrupt"),
+    ("train_label", lambda: b"this is not gzip at all", "not a readable gzip"),
+    ("test_img", lambda: good_gz("test_img")[:40] + b"\x00" * 30, "truncated or corrupt"),
+    ("train_img", lambda: gzip.compress(idx_bytes(np.zeros((N_TRAIN, 28, 28)), 2049)),
+     "magic number 2049, expected 2051"),
+    ("train_label", lambda: gzip.compress(idx_bytes(np.zeros(N_TRAIN), 2051)),
+     "magic number 2051, expected 2049"),
+    ("train_img", lambda: gzip.compress(idx_bytes(np.zeros((N_TRAIN, 28, 28)), 2051)[:-1]),
+     r"header gives dimensions \(5, 28, 28\) \(3920 bytes of data\) but the file holds 3919"),
+    ("test_label", lambda: gzip.compress(idx_bytes(np.zeros(N_TEST), 2049) + b"\x01"),
+     "holds 4 bytes after the header"),
+    ("test_label", lambda: gzip.compress(struct.pack(">i", 2049)),
+     "too short for an IDX header"),
+    ("test_label", lambda: gzip.compress(struct.pack(">ii", 2049, -1)),
+     "negative dimension"),
+    ("train_label", lambda: gzip.compress(idx_bytes(np.zeros(N_TRAIN + 1), 2049)),
+     "holds 5 images but .*train-labels-idx1-ubyte.gz holds 6 labels"),
+    ("test_img", lambda: gzip.compress(idx_bytes(np.zeros((N_TEST, 8, 8)), 2051)),
+     "images are 8x8"),
+    ("test_label", lambda: gzip.compress(idx_bytes(np.full(N_TEST, 10), 2049)),
+     "label 10 is not a digit"),
+], ids=["truncated-gzip", "not-gzip", "corrupt-deflate", "images-magic", "labels-magic",
+        "short-payload", "long-payload", "short-header", "negative-dim", "count-mismatch",
+        "not-28x28", "bad-label"])
+def test_corrupt_files_raise_a_value_error_naming_the_file(mnist_dir, key, make, message):
+    path, _ = mnist_dir
+    (path / MNIST_FILES[key]).write_bytes(make())
+    with pytest.raises(ValueError, match=message) as info:
+        load_mnist(path)
+    assert MNIST_FILES[key] in str(info.value)
+
+
+def test_nothing_is_read_at_import():
+    """Importing the module reads no data and imports no scikit-learn."""
+    code = ("import sys, fastbp.datasets; "
+            "assert 'sklearn' not in sys.modules, 'sklearn imported'; "
+            "assert not any(type(v).__name__ == 'ndarray' "
+            "for v in vars(fastbp.datasets).values())")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_load_digits_split_and_values():
+    (x_train, t_train), (x_test, t_test) = load_digits()
+    assert x_train.shape == (1500, 64) and x_test.shape == (297, 64)
+    assert x_train.dtype == np.float32
+    assert x_train.min() == 0 and x_train.max() == 1 and x_test.max() <= 1
+    assert t_train.dtype.kind == "u" and set(np.unique(t_train)) == set(range(10))
+    # Raw digits pixels are 0..16: normalised values are multiples of 1/16.
+    np.testing.assert_array_equal(x_train * 16, np.round(x_train * 16))
+    (x2, t2), (x3, t3) = load_digits()
+    for a, b in ((x_train, x2), (t_train, t2), (x_test, x3), (t_test, t3)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_load_digits_is_a_shuffle_of_sklearn():
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    raw = sklearn_digits()
+    (x_train, t_train), (x_test, t_test) = load_digits(normalize=False)
+    x = np.concatenate([x_train, x_test]).astype(np.float64)
+    t = np.concatenate([t_train, t_test])
+    # The same 1797 rows, in another order: sort both by content and compare.
+    ours = np.lexsort(np.column_stack([x, t]).T)
+    theirs = np.lexsort(np.column_stack([raw.data, raw.target]).T)
+    np.testing.assert_array_equal(x[ours], raw.data[theirs])
+    np.testing.assert_array_equal(t[ours], raw.target[theirs])
+    assert not np.array_equal(t[:100], raw.target[:100])  # shuffled, not the file's order
+
+
+def test_load_digits_options():
+    (x_train, t_train), _ = load_digits(normalize=False, flatten=False, one_hot_label=True)
+    assert x_train.dtype == np.uint8 and x_train.shape == (1500, 1, 8, 8)
+    assert x_train.max() == 16
+    assert t_train.shape == (1500, 10)
+    np.testing.assert_array_equal(t_train.sum(axis=1), 1)
+
+
+def test_load_digits_without_sklearn(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(ImportError, match=r'pip install "fastbp\[data\]"'):
+        load_digits()
