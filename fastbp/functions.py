@@ -35,18 +35,25 @@ __all__ = [
 ]
 
 
-def sigmoid(x):
-    """The logistic function, in the stable two-branch form (no overflow warning at -1000)."""
+def _sigmoid_parts(x):
     xc, out_dtype = v.float_input(x, contiguous=True)
     out = np.empty_like(xc)
-    activations.sigmoid_forward(xc.reshape(-1), out.reshape(-1))
+    tail = np.empty_like(xc)
+    activations.sigmoid_forward(xc.reshape(-1), out.reshape(-1), tail.reshape(-1))
+    return out, tail, out_dtype
+
+
+def sigmoid(x):
+    """The logistic function, in the stable two-branch form (no overflow warning at -1000)."""
+    out, _, out_dtype = _sigmoid_parts(x)
     return v.as_result(out, out_dtype)
 
 
 def sigmoid_grad(x):
-    """Derivative of :func:`sigmoid` at ``x``: ``(1 - s) * s``."""
-    s = sigmoid(x)
-    return (1 - s) * s
+    """Derivative of :func:`sigmoid` at ``x``: ``s * (1 - s)``, computed as ``t * (1 - t)`` with
+    ``t = sigmoid(-|x|)``, to full relative precision also where ``s`` is near 1."""
+    _, tail, out_dtype = _sigmoid_parts(x)
+    return v.as_result(tail * (1 - tail), out_dtype)
 
 
 def softmax(x):

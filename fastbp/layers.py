@@ -12,6 +12,7 @@ import numpy as np
 from fastbp import validation as v
 from fastbp.kernels import activations, affine, softmax
 from fastbp.reference.layers import AddLayer, MulLayer
+from fastbp.threads import product_threads
 
 __all__ = ["AddLayer", "Affine", "MulLayer", "Relu", "Sigmoid", "SoftmaxWithLoss"]
 
@@ -48,7 +49,12 @@ class Relu:
 
 
 class Sigmoid:
-    """``out = 1 / (1 + exp(-x))`` in the stable form; ``out`` is kept for ``backward``."""
+    """``out = 1 / (1 + exp(-x))`` in the stable form; ``out`` is kept for ``backward``.
+
+    ``backward`` is ``dout * (1 - out) * out``, evaluated as ``dout * t * (1 - t)`` with
+    ``t = min(out, 1 - out)`` written by the same forward pass: the same value, without the
+    cancellation of ``1 - out`` where ``out`` rounds to nearly 1.
+    """
 
     def __init__(self):
         self.out = None
@@ -56,16 +62,17 @@ class Sigmoid:
     def forward(self, x):
         xc, out_dtype = v.float_input(x, contiguous=True)
         out = np.empty_like(xc)
-        activations.sigmoid_forward(xc.reshape(-1), out.reshape(-1))
+        self._tail = np.empty_like(xc)
+        activations.sigmoid_forward(xc.reshape(-1), out.reshape(-1), self._tail.reshape(-1))
         self.out = v.as_result(out, out_dtype)
         return self.out
 
     def backward(self, dout):
         v.require_forward(self.out, "Sigmoid")
         dout = v.gradient_for(dout, self.out.shape, "Sigmoid")
-        (d, y), out_dtype = v.float_inputs(("dout", "out"), dout, self.out, contiguous=True)
-        dx = np.empty_like(y)
-        activations.sigmoid_backward(d.reshape(-1), y.reshape(-1), dx.reshape(-1))
+        (d, t), out_dtype = v.float_inputs(("dout", "out"), dout, self._tail, contiguous=True)
+        dx = np.empty_like(t)
+        activations.sigmoid_backward(d.reshape(-1), t.reshape(-1), dx.reshape(-1))
         return v.as_result(dx, out_dtype)
 
 
@@ -80,9 +87,9 @@ class Affine:
     """``out = x @ W + b``, with N-d ``x`` flattened to (N, -1).
 
     ``W`` and ``b`` are kept by reference and read on every call, so in-place optimizer updates
-    and reassignment (``layer.W = ...``) are both seen. The products run in BLAS; the bias add
-    and ``db`` are kernels. ``backward`` returns ``dx`` in the input's shape and sets ``dW``
-    and ``db``.
+    and reassignment (``layer.W = ...``) are both seen. The products run in BLAS, on the thread
+    count :class:`fastbp.threads.product_threads` picks; the bias add and ``db`` are kernels.
+    ``backward`` returns ``dx`` in the input's shape and sets ``dW`` and ``db``.
     """
 
     def __init__(self, W, b):
@@ -101,7 +108,8 @@ class Affine:
         self.original_x_shape = x.shape
         self.x = xc
         out = np.empty((xc.shape[0], Wc.shape[1]), dtype=xc.dtype)
-        np.dot(xc, Wc, out=out)
+        with product_threads(2 * xc.shape[0] * xc.shape[1] * Wc.shape[1]):
+            np.dot(xc, Wc, out=out)
         row = _bias_row(bc, out.shape[1])
         if row is None:  # a bias with a batch axis: plain broadcasting
             out += bc
@@ -115,10 +123,11 @@ class Affine:
         dout = v.gradient_for(dout, (self.x.shape[0], W.shape[1]), "Affine")
         (d, Wc, xc), out_dtype = v.float_inputs(("dout", "W", "x"), dout, W, self.x,
                                                 contiguous=True)
-        dx = np.dot(d, Wc.T)
-        dW = np.dot(xc.T, d)
         db = np.empty(d.shape[1], dtype=d.dtype)
-        affine.column_sum(d, db)
+        affine.column_sum(d, db)  # before the products: BLAS's threads spin for a while after
+        with product_threads(4 * xc.shape[0] * xc.shape[1] * Wc.shape[1]):
+            dx = np.dot(d, Wc.T)
+            dW = np.dot(xc.T, d)
         self.dW = v.as_result(dW, out_dtype)
         self.db = v.as_result(db, out_dtype)
         return v.as_result(dx, out_dtype).reshape(self.original_x_shape)

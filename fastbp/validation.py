@@ -70,9 +70,13 @@ def float_inputs(names, *arrays, contiguous=False):
         The dtype of the result the caller should return.
     """
     checked = [_as_array(a, n) for a, n in zip(arrays, names, strict=True)]
-    out_dtype = result_dtype(*[a if isinstance(a, numbers.Number) else c
-                               for a, c in zip(arrays, checked, strict=True)])
-    work = compute_dtype(out_dtype)
+    first = checked[0].dtype
+    if first in COMPUTE_DTYPES and all(c.dtype == first for c in checked):
+        out_dtype = work = first  # the common case, without NumPy's promotion machinery
+    else:
+        out_dtype = result_dtype(*[a if isinstance(a, numbers.Number) else c
+                                   for a, c in zip(arrays, checked, strict=True)])
+        work = compute_dtype(out_dtype)
     if contiguous:
         # asarray, not ascontiguousarray: the latter turns 0-d arrays into shape (1,)
         converted = [np.asarray(c, dtype=work, order="C") for c in checked]
@@ -95,6 +99,8 @@ def as_result(y, out_dtype):
 def gradient_for(dout, shape, layer):
     """Check that ``dout`` broadcasts to ``shape``, the shape of the layer's forward output."""
     arr = _as_array(dout, "dout")
+    if arr.shape == tuple(shape):
+        return arr
     try:
         broadcast = np.broadcast_shapes(arr.shape, shape)
     except ValueError:
@@ -104,7 +110,7 @@ def gradient_for(dout, shape, layer):
             f"{layer}.backward: dout of shape {arr.shape} does not match the forward "
             f"output of shape {tuple(shape)}"
         )
-    return np.broadcast_to(arr, shape) if arr.shape != tuple(shape) else arr
+    return np.broadcast_to(arr, shape)
 
 
 def require_forward(value, layer):
@@ -130,8 +136,11 @@ def affine_shapes(x, W, b):
             f"{W.shape}: x needs {W.shape[0]} features per row"
         )
     out_shape = (x2.shape[0], W.shape[1])
+    b_shape = np.shape(b)
+    if b_shape == out_shape[1:] or b_shape == ():
+        return x2
     try:
-        fits = np.broadcast_shapes(np.shape(b), out_shape) == out_shape
+        fits = np.broadcast_shapes(b_shape, out_shape) == out_shape
     except ValueError:
         fits = False
     if not fits:

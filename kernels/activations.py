@@ -1,58 +1,101 @@
 """Elementwise kernels: ReLU and the logistic sigmoid, forward and backward.
 
 Every kernel works on flat (1-D), C-contiguous arrays of one float dtype and writes into the
-outputs it is given. The work is cut into blocks of ``BLOCK`` elements; the parallel builds hand
-whole blocks to threads, so each element is computed by the same code at any thread count.
-"""
+outputs it is given. The work is cut into blocks of ``BLOCK`` elements, and each block is handed
+to a ``_*_block`` helper whose loop is a plain ``range(n)`` over its slices (LLVM vectorises that
+form; an index computed from a block number keeps numba's negative-index check in the loop and
+stays scalar). The parallel builds hand whole blocks to threads, so each element is computed by
+the same code, at the same position in its block, at any thread count.
 
-import math
+``mask`` arrays are ``bool``. The sigmoid uses :func:`.fastexp.fast_exp`, a vectorisable ``exp``
+within 2 ulp.
+"""
 
 from numba import prange
 
-from .jit import sized
+from .fastexp import fast_exp
+from .jit import kernel, sized
 
 BLOCK = 16384
 
 
+@kernel
+def _relu_forward_block(x, out, mask):
+    zero = x.dtype.type(0)
+    for i in range(x.size):
+        v = x[i]
+        m = v <= zero  # NaN compares False, so NaN passes through, as in the book
+        mask[i] = m
+        out[i] = zero if m else v
+
+
 @sized
 def relu_forward(x, out, mask):
-    zero = x.dtype.type(0)
     n = x.size
     for b in prange((n + BLOCK - 1) // BLOCK):
-        for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
-            v = x[i]
-            m = v <= zero  # NaN compares False, so NaN passes through, as in the book
-            mask[i] = m
-            out[i] = zero if m else v
+        lo = b * BLOCK
+        hi = min(n, lo + BLOCK)
+        _relu_forward_block(x[lo:hi], out[lo:hi], mask[lo:hi])
+
+
+@kernel
+def _relu_backward_block(dout, mask, dx):
+    zero = dout.dtype.type(0)
+    for i in range(dout.size):
+        dx[i] = zero if mask[i] else dout[i]
 
 
 @sized
 def relu_backward(dout, mask, dx):
-    zero = dout.dtype.type(0)
     n = dout.size
     for b in prange((n + BLOCK - 1) // BLOCK):
-        for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
-            dx[i] = zero if mask[i] else dout[i]
+        lo = b * BLOCK
+        hi = min(n, lo + BLOCK)
+        _relu_backward_block(dout[lo:hi], mask[lo:hi], dx[lo:hi])
+
+
+@kernel
+def _sigmoid_forward_block(x, out, tail):
+    zero = x.dtype.type(0)
+    one = x.dtype.type(1)
+    for i in range(x.size):
+        v = x[i]
+        # exp of a non-positive number never overflows: the stable two-branch form.
+        e = fast_exp(-abs(v))
+        r = one / (one + e)
+        t = e * r
+        out[i] = r if v >= zero else t
+        tail[i] = t
 
 
 @sized
-def sigmoid_forward(x, out):
-    one = x.dtype.type(1)
+def sigmoid_forward(x, out, tail):
+    """``out = sigmoid(x)`` and ``tail = sigmoid(-|x|) = min(out, 1 - out)``.
+
+    ``tail`` is exact where ``1 - out`` computed from a rounded ``out`` is not (``out`` near 1);
+    :func:`sigmoid_backward` uses it, since ``out * (1 - out) == tail * (1 - tail)``.
+    """
     n = x.size
     for b in prange((n + BLOCK - 1) // BLOCK):
-        for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
-            v = x[i]
-            # exp of a non-positive number never overflows: the stable two-branch form.
-            e = math.exp(-abs(v))
-            r = one / (one + e)
-            out[i] = r if v >= 0 else e * r
+        lo = b * BLOCK
+        hi = min(n, lo + BLOCK)
+        _sigmoid_forward_block(x[lo:hi], out[lo:hi], tail[lo:hi])
+
+
+@kernel
+def _sigmoid_backward_block(dout, tail, dx):
+    one = tail.dtype.type(1)
+    for i in range(tail.size):
+        t = tail[i]
+        dx[i] = dout[i] * t * (one - t)
 
 
 @sized
-def sigmoid_backward(dout, out, dx):
-    one = out.dtype.type(1)
-    n = out.size
+def sigmoid_backward(dout, tail, dx):
+    """``dx = dout * out * (1 - out)``, computed as ``dout * tail * (1 - tail)``: the same value,
+    to full relative precision also where ``out`` is near 1."""
+    n = tail.size
     for b in prange((n + BLOCK - 1) // BLOCK):
-        for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
-            y = out[i]
-            dx[i] = dout[i] * (one - y) * y
+        lo = b * BLOCK
+        hi = min(n, lo + BLOCK)
+        _sigmoid_backward_block(dout[lo:hi], tail[lo:hi], dx[lo:hi])

@@ -21,6 +21,7 @@ with, on first call.
 
 import functools
 import hashlib
+import os
 import pathlib
 import warnings
 
@@ -29,6 +30,10 @@ from numba.core.caching import FunctionCache
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc"})
 """fastmath flags used by kernels that opt in. No ``nnan``/``ninf``: NaN and inf must survive."""
+
+CONTRACT = frozenset({"contract"})
+"""Only fused multiply-add: for code whose operation order matters (a Cody-Waite reduction) but
+that gains from FMA. The fusion is decided per instruction, so every element gets the same."""
 
 _OPTIONS = dict(nogil=True, error_model="numpy")
 
@@ -81,12 +86,21 @@ class _TolerantCache(FunctionCache):
             pass
 
 
+def _fastmath_flags(fastmath):
+    if fastmath is True:
+        return FASTMATH
+    return frozenset(fastmath) if fastmath else frozenset()
+
+
 def _compile(fn, parallel, fastmath):
-    options = dict(_OPTIONS, parallel=parallel, fastmath=set(FASTMATH) if fastmath else False)
+    flags = _fastmath_flags(fastmath)
+    if flags & {"nnan", "ninf", "fast"}:
+        raise ValueError("fastbp kernels never use nnan/ninf: NaN and inf must survive")
+    options = dict(_OPTIONS, parallel=parallel, fastmath=set(flags) if flags else False)
     dispatcher = numba.njit(cache=False, **options)(fn)
     if hasattr(dispatcher, "_cache"):  # not there under NUMBA_DISABLE_JIT=1
         try:
-            dispatcher._cache = _TolerantCache(fn, (parallel, fastmath))
+            dispatcher._cache = _TolerantCache(fn, (parallel, tuple(sorted(flags))))
         except RuntimeError:  # "cannot cache function ...: no locator available": run uncached
             pass
     return dispatcher
@@ -101,8 +115,9 @@ def kernel(fn=None, *, parallel=False, fastmath=False):
         The Python function to compile.
     parallel : bool
         Compile with ``parallel=True`` so that ``numba.prange`` loops run on threads.
-    fastmath : bool
-        Use :data:`FASTMATH` (reassociation, contraction), never ``nnan``/``ninf``.
+    fastmath : bool or set of str
+        ``True`` uses :data:`FASTMATH` (reassociation, contraction); a set names the flags
+        (e.g. :data:`CONTRACT`). ``nnan``/``ninf`` are refused.
     """
     if fn is None:
         return lambda f: _compile(f, parallel, fastmath)
@@ -111,17 +126,101 @@ def kernel(fn=None, *, parallel=False, fastmath=False):
 
 PARALLEL_MIN_ELEMENTS = 1 << 18
 """Inputs with fewer elements run the serial build: below this, starting threads costs more than
-they save on a small machine. Read at every call, so it can be changed at run time (tests set it
-to 0 to drive the threaded builds with small arrays)."""
+they save on a small machine. Read at every call, so it can be changed at run time. ``0`` forces
+the threaded builds at every size, whatever the load (tests set it to drive them with small
+arrays)."""
+
+ADAPT_TO_LOAD = True
+"""Run a threaded build only on as many threads as there are idle cores (plus the caller's).
+
+A parallel region ends when its slowest thread ends. On a machine where other processes (or
+BLAS's own worker threads, which spin for a while after every matrix product) hold the other
+cores, a kernel thread waits a scheduler time slice (milliseconds) for a core, and a 100 us
+kernel takes 10 ms. Before each threaded call above :data:`PARALLEL_MIN_ELEMENTS`, the count of
+running tasks is read from ``/proc/loadavg`` (2 us; elsewhere the check is skipped), and the
+kernel runs on ``min(numba.get_num_threads(), 1 + idle cores)`` threads, or serial. Both builds
+compute every element with the same code, so this never changes a result.
+:func:`fastbp.threads.set_num_threads` turns it off (a count set by hand is used as it is)."""
+
+_loadavg_fd = None
+
+
+def idle_cores():
+    """Cores that no task but the caller is running on now (``os.cpu_count()`` minus the
+    running tasks in ``/proc/loadavg``, the caller included). ``None`` where it can't be read."""
+    global _loadavg_fd
+    try:
+        if _loadavg_fd is None:
+            _loadavg_fd = os.open("/proc/loadavg", os.O_RDONLY)
+        running = int(os.pread(_loadavg_fd, 128, 0).split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, (os.cpu_count() or 1) - running)
+
+
+_POOL_READY = False
+_FORKED_FROM_POOL = False
+"""True in a child forked from a process whose numba thread pool had started: GNU OpenMP is not
+fork-safe (numba kills such a child on its first parallel call), so it runs the serial builds."""
+
+
+def _after_fork_in_child():
+    global _FORKED_FROM_POOL
+    from numba.np.ufunc import parallel as numba_parallel
+
+    if numba_parallel._is_initialized:
+        _FORKED_FROM_POOL = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _start_thread_pool():
+    """Start numba's thread pool with a passive OpenMP wait policy, unless the user chose one.
+
+    GNU OpenMP's default is to spin after a parallel region, and to spin in the barrier while
+    another thread is still working. On two cores the spinning thread takes the core that the
+    thread it waits for (or a BLAS worker) needs: a 0.3 ms kernel took 10 ms on a loaded machine.
+    ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep. libgomp reads it once, when it is
+    loaded, which numba does on its first parallel call; the variable is set for that moment
+    only and then put back, so other OpenMP libraries loaded later (PyTorch's) keep their
+    defaults. Where numba's pool was already started, or the layer is not OpenMP, nothing
+    changes.
+    """
+    global _POOL_READY
+    from numba.np.ufunc import parallel as numba_parallel
+
+    if not numba_parallel._is_initialized and "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        try:
+            numba_parallel._launch_threads()
+        finally:
+            del os.environ["OMP_WAIT_POLICY"]
+    _POOL_READY = True
+
+
+def threads_for(size):
+    """The thread count a :func:`sized` kernel uses for a first argument of ``size`` elements
+    (1: the serial build)."""
+    threshold = PARALLEL_MIN_ELEMENTS
+    if size < threshold or _FORKED_FROM_POOL:
+        return 1
+    n = numba.get_num_threads()
+    if ADAPT_TO_LOAD and threshold > 0 and n > 1:
+        idle = idle_cores()
+        if idle is not None:
+            n = min(n, 1 + idle)
+    return n
 
 
 def sized(fn=None, *, fastmath=False):
     """Compile ``fn`` serial and threaded, and call whichever suits the size of the first argument.
 
     The returned Python function calls ``.parallel`` when its first argument has at least
-    :data:`PARALLEL_MIN_ELEMENTS` elements, else ``.serial`` (where ``prange`` runs as ``range``).
-    Both builds compute each output element with the same code, so the choice never changes a
-    result.
+    :data:`PARALLEL_MIN_ELEMENTS` elements and a second core is idle (:data:`ADAPT_TO_LOAD`),
+    else ``.serial`` (where ``prange`` runs as ``range``). Both builds compute each output
+    element with the same code, so the choice never changes a result.
     """
     if fn is None:
         return lambda f: sized(f, fastmath=fastmath)
@@ -129,8 +228,21 @@ def sized(fn=None, *, fastmath=False):
     parallel = kernel(fn, parallel=True, fastmath=fastmath)
 
     def call(*args):
-        build = parallel if args[0].size >= PARALLEL_MIN_ELEMENTS else serial
-        return build(*args)
+        if args[0].size < PARALLEL_MIN_ELEMENTS:  # the common, small case: no other check
+            return serial(*args)
+        n = threads_for(args[0].size)
+        if n < 2:
+            return serial(*args)
+        if not _POOL_READY:
+            _start_thread_pool()
+        saved = numba.get_num_threads()
+        if n == saved:
+            return parallel(*args)
+        numba.set_num_threads(n)
+        try:
+            return parallel(*args)
+        finally:
+            numba.set_num_threads(saved)
 
     functools.update_wrapper(call, fn)
     call.serial = serial

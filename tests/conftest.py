@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from hypothesis import settings
@@ -8,7 +10,8 @@ from fastbp.kernels import jit
 settings.register_profile("fastbp", deadline=None, max_examples=60, print_blob=True)
 settings.register_profile("ci", deadline=None, max_examples=60, derandomize=True,
                           print_blob=True)
-settings.load_profile("ci")
+settings.register_profile("thorough", deadline=None, max_examples=3000, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 BUILDS = {"serial": np.iinfo(np.int64).max, "threaded": 0}
 

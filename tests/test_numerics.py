@@ -255,9 +255,57 @@ def test_sigmoid_is_stable(L, dtype, low):
     assert y[0] >= 0 and y[0] < 1e-38 and y[2] == 0.5 and y[4] == 1.0
     assert y[5] == 0.0 and y[6] == 1.0 and np.isnan(y[7])
     dx = layer.backward(np.ones_like(x))
-    np.testing.assert_array_equal(dx[:7], (1 - y[:7]) * y[:7])
+    np.testing.assert_allclose(dx[:7], exact_sigmoid_grad(x[:7]), rtol=4 * np.finfo(dtype).eps,
+                               atol=0)
+    assert np.isnan(dx[7])
     for F in FUNCTIONS.values():
         np.testing.assert_array_equal(F.sigmoid(x), y)
+
+
+def exact_sigmoid_grad(x):
+    """``s(x) * (1 - s(x))`` in extended precision: ``e / (1 + e)**2`` with ``e = exp(-|x|)``."""
+    e = np.exp(-np.abs(np.asarray(x, dtype=np.longdouble)))
+    return (e / (1 + e) ** 2).astype(np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_saturated_sigmoid_gradient_keeps_relative_precision(L, dtype):
+    """Where ``out`` rounds to nearly 1, ``(1 - out) * out`` loses every digit; fastbp does not."""
+    x = np.array([3.0, 8.0, 12.0, 17.0, 30.0, -8.0, -30.0], dtype)
+    layer = L.Sigmoid()
+    layer.forward(x)
+    dx = layer.backward(np.ones_like(x))
+    np.testing.assert_allclose(dx, exact_sigmoid_grad(x), rtol=8 * np.finfo(dtype).eps, atol=0)
+    for F in FUNCTIONS.values():
+        np.testing.assert_allclose(F.sigmoid_grad(x), exact_sigmoid_grad(x),
+                                   rtol=8 * np.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("targets", ["labels", "one-hot", "probs"])
+def test_confident_rows_keep_relative_precision(L, dtype, targets):
+    """A target class with probability near 1: ``y - 1`` computed from a rounded ``y`` loses
+    every digit of the gradient; fastbp gets it from the complement instead."""
+    c = 4
+    for gap in (4.0, 9.0, 17.0, 30.0):
+        x = np.zeros((2, c), dtype)
+        x[0, 2] = gap
+        x[1, 0] = gap
+        labels = np.array([2, 0])
+        t = labels if targets == "labels" else np.eye(c, dtype=dtype)[labels]
+        if targets == "probs":
+            t = t * dtype(0.5)  # half the mass: the gradient is y * 0.5 - 0.5
+        _, _, dx = loss_and_grad(L, x, t)
+        e = np.exp(-np.longdouble(gap))
+        y_top = 1 / (1 + (c - 1) * e)
+        mass = 0.5 if targets == "probs" else 1.0
+        want_top = float(mass * (y_top - 1) / 2)  # mean over the batch of 2
+        want_other = float(mass * e * y_top / 2)
+        rtol = 16 * np.finfo(dtype).eps
+        for row, col in ((0, 2), (1, 0)):
+            assert dx[row, col] == pytest.approx(want_top, rel=rtol), (gap, row)
+            others = [j for j in range(c) if j != col]
+            np.testing.assert_allclose(dx[row, others], want_other, rtol=rtol)
 
 
 def test_relu_edges(L):

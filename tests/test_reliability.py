@@ -207,12 +207,12 @@ def test_unusable_numba_cache_dir_falls_back():
 def test_no_writable_cache_location_anywhere():
     """Every cache location refuses writes (a read-only install and HOME): numba raises
     RuntimeError("no locator available") at decoration; fastbp compiles uncached."""
-    code = """
-    import numba.core.caching as caching
-    def refuse(self):
-        raise PermissionError("read-only file system")
-    caching._CacheLocator.ensure_cache_path = refuse
-    """ + USE_ALL
+    code = textwrap.dedent("""
+        import numba.core.caching as caching
+        def refuse(self):
+            raise PermissionError("read-only file system")
+        caching._CacheLocator.ensure_cache_path = refuse
+    """) + USE_ALL
     proc = run_python(code)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 

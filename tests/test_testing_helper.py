@@ -101,3 +101,20 @@ def test_reference_does_not_mutate_dout_but_the_books_relu_would():
     dout = np.ones_like(X)
     ref.backward(dout)
     assert dout.sum() == dout.size
+
+
+def test_subnormal_results_are_held_to_their_dtype_only():
+    """A float32 gradient of 2e-42 is subnormal (11 bits): a few ulps is all it can promise."""
+    result = compare_layers(lambda c: layers.SoftmaxWithLoss(),
+                            lambda c: reference.layers.SoftmaxWithLoss(),
+                            (np.array([[96.0, 0.0]]), np.array([0])), dtype=np.float32)
+    assert result.passed, result.report()
+
+    class EightUlpsOff(layers.SoftmaxWithLoss):
+        def backward(self, dout=1):
+            dx = super().backward(dout)
+            return dx + 8 * np.spacing(np.abs(dx))
+
+    result = compare_layers(lambda c: EightUlpsOff(), lambda c: reference.layers.SoftmaxWithLoss(),
+                            (np.array([[96.0, 0.0]]), np.array([0])), dtype=np.float32)
+    assert not result.passed

@@ -23,21 +23,35 @@ def step_function(x):
     return np.array(np.asarray(x) > 0, dtype=int)
 
 
+def sigmoid_parts(x):
+    """``(sigmoid(x), sigmoid(-|x|))`` in the stable form, in the compute dtype of ``x``.
+
+    The second array, the smaller of ``s`` and ``1 - s``, is exact where ``1 - s`` computed from
+    a rounded ``s`` is not (``s`` near 1). ``s * (1 - s)`` equals ``tail * (1 - tail)``, so the
+    gradient is computed from it to full relative precision.
+    """
+    xc, out_dtype = v.float_input(x)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(-np.abs(xc))  # never overflows
+        r = 1 / (1 + e)
+        tail = e * r
+        return np.where(xc >= 0, r, tail), tail, out_dtype
+
+
 def sigmoid(x):
     """The logistic function in the stable two-branch form: ``exp`` never sees a positive number.
 
     Unlike the book's ``1 / (1 + exp(-x))`` it gives no overflow warning at ``x = -1000``.
     """
-    xc, out_dtype = v.float_input(x)
-    e = np.exp(-np.abs(xc))
-    r = 1 / (1 + e)
-    return v.as_result(np.where(xc >= 0, r, e * r), out_dtype)
+    s, _, out_dtype = sigmoid_parts(x)
+    return v.as_result(s, out_dtype)
 
 
 def sigmoid_grad(x):
-    """Derivative of :func:`sigmoid` at ``x``."""
-    s = sigmoid(x)
-    return (1 - s) * s
+    """Derivative of :func:`sigmoid` at ``x``: ``s * (1 - s)``, computed as ``t * (1 - t)`` with
+    ``t = sigmoid(-|x|)`` so that it keeps full relative precision where ``s`` is near 1."""
+    _, tail, out_dtype = sigmoid_parts(x)
+    return v.as_result(tail * (1 - tail), out_dtype)
 
 
 def relu(x):
@@ -54,12 +68,24 @@ def relu_grad(x):
 
 
 def log_softmax(x):
-    """``x - logsumexp(x)`` along the last axis, exact for any finite logits."""
+    """``x - logsumexp(x)`` along the last axis, exact for any finite logits.
+
+    ``logsumexp(x) = m + log1p(sum of exp(x_j - m) over all j but the maximum's)``: the maximum's
+    own term is exactly 1, and leaving it out of the sum keeps full relative precision where
+    one class holds nearly all the probability (``log(1 + tiny)`` would round it away).
+    """
     xc, out_dtype = v.float_input(x)
+    if xc.ndim == 0 or xc.size == 0:
+        return v.as_result(np.zeros_like(xc), out_dtype)
     with np.errstate(invalid="ignore", over="ignore"):
-        m = np.max(xc, axis=-1, keepdims=True) if xc.size else np.zeros((*xc.shape[:-1], 1))
+        top = np.argmax(xc, axis=-1)[..., None]
+        m = np.take_along_axis(xc, top, axis=-1)
         shifted = xc - m
-        lse = np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+        e = np.exp(shifted)
+        np.put_along_axis(e, top, 0, axis=-1)
+        # + shifted[top]: 0 for a finite maximum, NaN for +inf, so that +inf poisons the row
+        lse = np.log1p(np.sum(e, axis=-1, keepdims=True)) + np.take_along_axis(
+            shifted, top, axis=-1)
     return v.as_result(shifted - lse, out_dtype)
 
 

@@ -10,7 +10,7 @@ so both backends accept and reject the same inputs.
 import numpy as np
 
 from fastbp import validation as v
-from fastbp.reference.functions import log_softmax, sigmoid
+from fastbp.reference.functions import log_softmax, sigmoid_parts
 
 
 class MulLayer:
@@ -64,21 +64,26 @@ class Relu:
 
 
 class Sigmoid:
-    """``out = 1 / (1 + exp(-x))``, in the stable form; ``out`` is kept for ``backward``."""
+    """``out = 1 / (1 + exp(-x))``, in the stable form; ``out`` is kept for ``backward``.
+
+    ``backward`` is ``dout * (1 - out) * out``, evaluated as ``dout * t * (1 - t)`` with
+    ``t = min(out, 1 - out)`` kept from ``forward``: the same value, without the cancellation of
+    ``1 - out`` where ``out`` rounds to nearly 1.
+    """
 
     def __init__(self):
         self.out = None
 
     def forward(self, x):
-        xc, out_dtype = v.float_input(x)
-        self.out = v.as_result(sigmoid(xc), out_dtype)
+        s, self._tail, out_dtype = sigmoid_parts(x)
+        self.out = v.as_result(s, out_dtype)
         return self.out
 
     def backward(self, dout):
         v.require_forward(self.out, "Sigmoid")
         dout = v.gradient_for(dout, self.out.shape, "Sigmoid")
-        (d, y), out_dtype = v.float_inputs(("dout", "out"), dout, self.out)
-        return v.as_result(d * (1 - y) * y, out_dtype)
+        (d, t), out_dtype = v.float_inputs(("dout", "out"), dout, self._tail)
+        return v.as_result(d * t * (1 - t), out_dtype)
 
 
 class Affine:
@@ -140,6 +145,7 @@ class SoftmaxWithLoss:
         with np.errstate(invalid="ignore"):
             logp = log_softmax(x2)
             self._y = np.exp(logp)
+            self._logp = logp
             if kind == "labels":
                 losses = -logp[np.arange(n), target]
             else:
@@ -154,12 +160,22 @@ class SoftmaxWithLoss:
 
     def backward(self, dout=1):
         v.require_forward(self.y, "SoftmaxWithLoss")
-        y, t, n = self._y, self._target, self._y.shape[0]
+        y, t, logp = self._y, self._target, self._logp
+        n = y.shape[0]
         scale = y.dtype.type(v.loss_gradient_scale(dout) / max(n, 1))
+        rows = np.arange(n)
+        # The class that may hold nearly all the probability gets its gradient from the
+        # complement, 1 - y = -expm1(log y), not from y - 1, which cancels when y rounds to 1.
         if self._kind == "labels":
-            onehot = np.zeros_like(y)
-            onehot[np.arange(n), t] = 1
-            dx = (y - onehot) * scale
+            dx = y.copy()
+            dx[rows, t] = np.expm1(logp[rows, t])
         else:
-            dx = (y * t.sum(axis=1, keepdims=True) - t) * scale
-        return v.as_result(dx, self._out_dtype).reshape(self._x_shape)
+            total = t.sum(axis=1)
+            dx = y * total[:, None] - t
+            if n and y.shape[1]:
+                top = np.argmax(logp, axis=1)
+                others = np.ones(t.shape, dtype=bool)
+                others[rows, top] = False
+                rest_t = np.sum(t, axis=1, where=others)
+                dx[rows, top] = rest_t + np.expm1(logp[rows, top]) * total
+        return v.as_result(dx * scale, self._out_dtype).reshape(self._x_shape)

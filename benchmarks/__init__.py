@@ -1,0 +1,49 @@
+"""fastbp's asv benchmarks: one file per layer family, plus the training step and compile time.
+
+Every layer class has ``params = [backend, dtype, size]``. ``backend`` is ``reference`` (the
+NumPy oracle, :mod:`fastbp.reference.layers`), ``kernel`` (:mod:`fastbp.layers`) or ``torch``
+(PyTorch eager with autograd, skipped where it is not installed). ``size`` is ``book`` or
+``medium``; ``large`` joins them when ``FASTBP_BENCH_FULL=1`` (it takes seconds per call for
+Affine). ``setup`` builds seeded data and warms the JIT (and the caches of first use), so no
+``time_*`` includes a compilation; :mod:`.bench_compile` times those separately.
+"""
+
+import os
+
+import numpy as np
+
+BACKENDS = ["reference", "kernel", "torch"]
+DTYPES = ["float32", "float64"]
+SIZES = ["book", "medium"] + (["large"] if os.environ.get("FASTBP_BENCH_FULL") == "1" else [])
+
+SHAPES = {
+    "elementwise": {"book": (100, 50), "medium": (256, 1024), "large": (4096, 4096)},
+    "softmax": {"book": (100, 10), "medium": (256, 1000), "large": (4096, 1000)},
+    "affine": {"book": (100, 784, 50), "medium": (256, 1024, 1000),
+               "large": (4096, 4096, 1000)},
+}
+
+
+def layers_module(backend):
+    """The layers module of a NumPy backend; raises ``NotImplementedError`` (asv: skip) for
+    torch, which the benchmark classes handle themselves."""
+    if backend == "reference":
+        from fastbp.reference import layers
+    elif backend == "kernel":
+        from fastbp import layers
+    else:
+        raise NotImplementedError(backend)
+    return layers
+
+
+def torch_or_skip():
+    """``torch``, or ``NotImplementedError`` (asv's way to skip a parameter combination)."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise NotImplementedError("PyTorch is not installed") from exc
+    return torch
+
+
+def rng():
+    return np.random.default_rng(0)

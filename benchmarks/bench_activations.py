@@ -1,0 +1,87 @@
+"""ReLU and sigmoid: forward, backward, and peak memory of a forward and backward."""
+
+import numpy as np
+
+from . import BACKENDS, DTYPES, SHAPES, SIZES, layers_module, rng, torch_or_skip
+
+
+class _Elementwise:
+    params = [BACKENDS, DTYPES, SIZES]  # noqa: RUF012 (asv reads it)
+    param_names = ["backend", "dtype", "size"]  # noqa: RUF012
+    layer_name = None
+    torch_function = None
+
+    def setup(self, backend, dtype, size):
+        shape = SHAPES["elementwise"][size]
+        r = rng()
+        self.x = r.standard_normal(shape).astype(dtype)
+        self.dout = r.standard_normal(shape).astype(dtype)
+        if backend == "torch":
+            torch = torch_or_skip()
+            self.tx = torch.tensor(self.x, requires_grad=True)
+            self.tdout = torch.tensor(self.dout)
+            self.f = getattr(torch, self.torch_function)
+            self.forward = self._torch_forward
+            self.backward = self._torch_backward
+        else:
+            self.layer = getattr(layers_module(backend), self.layer_name)()
+            self.forward = lambda: self.layer.forward(self.x)
+            self.backward = lambda: self.layer.backward(self.dout)
+        for _ in range(2):  # compile (kernel backend) and fault in the first buffers
+            self.forward()
+            self.backward()
+
+    def _torch_forward(self):
+        self.ty = self.f(self.tx)
+
+    def _torch_backward(self):
+        self.tx.grad = None
+        self.ty.backward(self.tdout, retain_graph=True)
+
+    def time_forward(self, backend, dtype, size):
+        self.forward()
+
+    def time_backward(self, backend, dtype, size):
+        self.backward()
+
+    def time_forward_backward(self, backend, dtype, size):
+        self.forward()
+        self.backward()
+
+    def peakmem_forward_backward(self, backend, dtype, size):
+        self.forward()
+        self.backward()
+
+
+class Relu(_Elementwise):
+    layer_name = "Relu"
+    torch_function = "relu"
+
+
+class Sigmoid(_Elementwise):
+    layer_name = "Sigmoid"
+    torch_function = "sigmoid"
+
+
+class ReluKernels:
+    """The ReLU kernels alone, outputs allocated once: the numbers the roofline compares."""
+
+    params = [DTYPES, SIZES]  # noqa: RUF012 (asv reads it)
+    param_names = ["dtype", "size"]  # noqa: RUF012
+
+    def setup(self, dtype, size):
+        from fastbp.kernels import activations
+
+        self.k = activations
+        n = int(np.prod(SHAPES["elementwise"][size]))
+        self.x = rng().standard_normal(n).astype(dtype)
+        self.out = np.empty_like(self.x)
+        self.mask = np.empty(n, dtype=bool)
+        self.k.relu_forward(self.x, self.out, self.mask)
+        self.k.relu_backward(self.x, self.mask, self.out)
+
+    def time_relu_forward_kernel(self, dtype, size):
+        self.k.relu_forward(self.x, self.out, self.mask)
+
+    def time_relu_backward_kernel(self, dtype, size):
+        self.k.relu_backward(self.x, self.mask, self.out)

@@ -1,0 +1,55 @@
+"""Affine (N x D -> H): forward, backward, and peak memory of both."""
+
+import numpy as np
+
+from . import BACKENDS, DTYPES, SHAPES, SIZES, layers_module, rng, torch_or_skip
+
+
+class Affine:
+    params = [BACKENDS, DTYPES, SIZES]  # noqa: RUF012 (asv reads it)
+    param_names = ["backend", "dtype", "size"]  # noqa: RUF012
+    timeout = 300
+
+    def setup(self, backend, dtype, size):
+        n, d, h = SHAPES["affine"][size]
+        r = rng()
+        self.x = r.standard_normal((n, d)).astype(dtype)
+        self.W = (r.standard_normal((d, h)) / np.sqrt(d)).astype(dtype)
+        self.b = r.standard_normal(h).astype(dtype)
+        self.dout = r.standard_normal((n, h)).astype(dtype)
+        if backend == "torch":
+            torch = torch_or_skip()
+            self.tx = torch.tensor(self.x, requires_grad=True)
+            self.tW = torch.tensor(self.W, requires_grad=True)
+            self.tb = torch.tensor(self.b, requires_grad=True)
+            self.tdout = torch.tensor(self.dout)
+            self.forward = self._torch_forward
+            self.backward = self._torch_backward
+        else:
+            self.layer = layers_module(backend).Affine(self.W, self.b)
+            self.forward = lambda: self.layer.forward(self.x)
+            self.backward = lambda: self.layer.backward(self.dout)
+        for _ in range(2):
+            self.forward()
+            self.backward()
+
+    def _torch_forward(self):
+        self.ty = self.tx @ self.tW + self.tb
+
+    def _torch_backward(self):
+        self.tx.grad = self.tW.grad = self.tb.grad = None
+        self.ty.backward(self.tdout, retain_graph=True)
+
+    def time_forward(self, backend, dtype, size):
+        self.forward()
+
+    def time_backward(self, backend, dtype, size):
+        self.backward()
+
+    def time_forward_backward(self, backend, dtype, size):
+        self.forward()
+        self.backward()
+
+    def peakmem_forward_backward(self, backend, dtype, size):
+        self.forward()
+        self.backward()
