@@ -23,6 +23,7 @@ import functools
 import hashlib
 import os
 import pathlib
+import threading
 import warnings
 
 import numba
@@ -100,7 +101,10 @@ def _compile(fn, parallel, fastmath):
     dispatcher = numba.njit(cache=False, **options)(fn)
     if hasattr(dispatcher, "_cache"):  # not there under NUMBA_DISABLE_JIT=1
         try:
-            dispatcher._cache = _TolerantCache(fn, (parallel, tuple(sorted(flags))))
+            # numba's key ignores boundscheck too: a kernel cached without bounds checks must
+            # not be loaded under NUMBA_BOUNDSCHECK=1 (CI runs the suite that way).
+            variant = (parallel, tuple(sorted(flags)), bool(numba.config.BOUNDSCHECK))
+            dispatcher._cache = _TolerantCache(fn, variant)
         except RuntimeError:  # "cannot cache function ...: no locator available": run uncached
             pass
     return dispatcher
@@ -159,6 +163,14 @@ def idle_cores():
 
 
 _POOL_READY = False
+_PARALLEL_UNAVAILABLE = False
+"""True where numba could load no threading layer: every kernel then runs its serial build."""
+
+_LAYER_LOCK = None
+"""A lock around fastbp's threaded calls when numba's layer is ``workqueue``, which is not
+thread-safe: two Python threads in parallel regions at once abort the process ("Concurrent
+access"). With ``omp`` (GNU OpenMP, here) or ``tbb`` it stays ``None``: both are thread-safe."""
+
 _FORKED_FROM_POOL = False
 """True in a child forked from a process whose numba thread pool had started: GNU OpenMP is not
 fork-safe (numba kills such a child on its first parallel call), so it runs the serial builds."""
@@ -191,12 +203,24 @@ def _start_thread_pool():
     global _POOL_READY
     from numba.np.ufunc import parallel as numba_parallel
 
-    if not numba_parallel._is_initialized and "OMP_WAIT_POLICY" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        try:
+    global _PARALLEL_UNAVAILABLE, _LAYER_LOCK
+    try:
+        if not numba_parallel._is_initialized and "OMP_WAIT_POLICY" not in os.environ:
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+            try:
+                numba_parallel._launch_threads()
+            finally:
+                del os.environ["OMP_WAIT_POLICY"]
+        else:
             numba_parallel._launch_threads()
-        finally:
-            del os.environ["OMP_WAIT_POLICY"]
+        layer = numba.threading_layer()
+    except (ValueError, ImportError, OSError) as exc:  # no threading layer can be loaded
+        warnings.warn(f"fastbp: no numba threading layer ({exc}); kernels run serial",
+                      RuntimeWarning, stacklevel=3)
+        _PARALLEL_UNAVAILABLE = True
+        layer = None
+    if layer == "workqueue":
+        _LAYER_LOCK = threading.Lock()
     _POOL_READY = True
 
 
@@ -204,7 +228,7 @@ def threads_for(size):
     """The thread count a :func:`sized` kernel uses for a first argument of ``size`` elements
     (1: the serial build)."""
     threshold = PARALLEL_MIN_ELEMENTS
-    if size < threshold or _FORKED_FROM_POOL:
+    if size < threshold or _FORKED_FROM_POOL or _PARALLEL_UNAVAILABLE:
         return 1
     n = numba.get_num_threads()
     if ADAPT_TO_LOAD and threshold > 0 and n > 1:
@@ -235,16 +259,26 @@ def sized(fn=None, *, fastmath=False):
             return serial(*args)
         if not _POOL_READY:
             _start_thread_pool()
-        saved = numba.get_num_threads()
-        if n == saved:
-            return parallel(*args)
-        numba.set_num_threads(n)
-        try:
-            return parallel(*args)
-        finally:
-            numba.set_num_threads(saved)
+            if _PARALLEL_UNAVAILABLE:
+                return serial(*args)
+        if _LAYER_LOCK is not None:
+            with _LAYER_LOCK:
+                return _run_threaded(parallel, n, args)
+        return _run_threaded(parallel, n, args)
 
     functools.update_wrapper(call, fn)
     call.serial = serial
     call.parallel = parallel
     return call
+
+
+def _run_threaded(parallel, n, args):
+    """Call the threaded build on ``n`` threads (numba's count is per calling thread)."""
+    saved = numba.get_num_threads()
+    if n == saved:
+        return parallel(*args)
+    numba.set_num_threads(n)
+    try:
+        return parallel(*args)
+    finally:
+        numba.set_num_threads(saved)

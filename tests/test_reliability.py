@@ -279,3 +279,33 @@ def test_no_layer_writes_into_its_arguments(L):
     relu.forward(out)
     relu.backward(dout)
     assert checksum(x, W, b, t, dout) == before
+
+
+@pytest.mark.parametrize("layer", ["workqueue", "omp"])
+def test_threads_on_each_threading_layer(layer):
+    """numba's workqueue layer aborts the process on concurrent parallel regions; fastbp
+    serialises its own threaded calls there. omp and tbb are thread-safe and run concurrently."""
+    code = """
+    import threading, numpy as np, numba
+    from fastbp import layers
+    from fastbp.kernels import jit
+    jit.PARALLEL_MIN_ELEMENTS = 0
+    jit.ADAPT_TO_LOAD = False
+    x = np.random.default_rng(0).standard_normal((300, 300))
+    want = layers.Sigmoid().forward(x)
+    bad = []
+    def work():
+        for _ in range(30):
+            r = layers.Relu(); r.backward(r.forward(x))
+            if layers.Sigmoid().forward(x).tobytes() != want.tobytes():
+                bad.append(1)
+    ts = [threading.Thread(target=work) for _ in range(8)]
+    [t.start() for t in ts]; [t.join() for t in ts]
+    print(numba.threading_layer(), jit._LAYER_LOCK is not None, len(bad))
+    """
+    proc = run_python(code, env={"NUMBA_THREADING_LAYER": layer})
+    if layer == "omp" and "No threading layer" in proc.stderr:
+        pytest.skip("GNU OpenMP is not available here")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    name, locked, bad = proc.stdout.split()
+    assert name == layer and locked == str(layer == "workqueue") and bad == "0"
