@@ -78,8 +78,12 @@ class Sigmoid:
 
 def _bias_row(bc, h):
     """``b`` as a contiguous (H,) row when it is one row broadcast over the batch, else None."""
+    if bc.shape == (h,):
+        return bc if bc.flags.c_contiguous else np.ascontiguousarray(bc)
     if bc.ndim == 0 or all(s == 1 for s in bc.shape[:-1]):
-        return np.ascontiguousarray(np.broadcast_to(bc.reshape(bc.shape[-1:]), (h,)))
+        row = np.empty(h, dtype=bc.dtype)
+        row[...] = bc.reshape(-1)  # a scalar or a (1, ..., H) row
+        return row
     return None
 
 
