@@ -23,7 +23,7 @@ own flags for its own instructions; the inlined helper keeps these.
 """
 
 import numpy as np
-from numba import types
+from numba import config, types
 from numba.extending import intrinsic, overload
 
 from .jit import CONTRACT, kernel
@@ -53,6 +53,17 @@ def _float_as_bits(typingctx, value):
         return builder.bitcast(args[0], context.get_value_type(target))
 
     return target(value), codegen
+
+
+if config.DISABLE_JIT:  # NUMBA_DISABLE_JIT=1: intrinsics only exist compiled; Python twins
+
+    def _bits_as_float(bits):
+        b = np.asarray(bits)
+        return b.view(np.float64 if b.dtype.itemsize == 8 else np.float32)[()]
+
+    def _float_as_bits(value):
+        v = np.asarray(value)
+        return v.view(np.int64 if v.dtype.itemsize == 8 else np.int32)[()]
 
 
 # float64 constants. SHIFT = 1.5 * 2**52: adding it rounds to an integer, kept in the low bits.

@@ -309,3 +309,22 @@ def test_threads_on_each_threading_layer(layer):
     assert proc.returncode == 0, proc.stderr[-2000:]
     name, locked, bad = proc.stdout.split()
     assert name == layer and locked == str(layer == "workqueue") and bad == "0"
+
+
+def test_disable_jit_runs_the_kernels_as_python():
+    """NUMBA_DISABLE_JIT=1 (coverage, debugging) must still run every layer."""
+    code = USE_ALL + textwrap.dedent("""
+        from fastbp import reference
+        x = np.random.default_rng(1).standard_normal((5, 7))
+        for make in ("Relu", "Sigmoid"):
+            got = getattr(layers, make)().forward(x)
+            want = getattr(reference.layers, make)().forward(x)
+            assert np.allclose(got, want, rtol=1e-12, atol=0), make
+        t = np.arange(5) % 7
+        assert np.isclose(layers.SoftmaxWithLoss().forward(x, t),
+                          reference.layers.SoftmaxWithLoss().forward(x, t), rtol=1e-12)
+        print("agree")
+    """)
+    proc = run_python(code, env={"NUMBA_DISABLE_JIT": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["ok", "agree"]
