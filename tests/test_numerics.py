@@ -301,7 +301,7 @@ def test_confident_rows_keep_relative_precision(L, dtype, targets):
         mass = 0.5 if targets == "probs" else 1.0
         want_top = float(mass * (y_top - 1) / 2)  # mean over the batch of 2
         want_other = float(mass * e * y_top / 2)
-        rtol = 16 * np.finfo(dtype).eps
+        rtol = 16 * float(np.finfo(dtype).eps)
         for row, col in ((0, 2), (1, 0)):
             assert dx[row, col] == pytest.approx(want_top, rel=rtol), (gap, row)
             others = [j for j in range(c) if j != col]
