@@ -215,9 +215,8 @@ def targets(t, x_shape):
         t = t.reshape(n)
         if n and c < 1:
             raise ValueError(f"logits of shape {tuple(x_shape)} have no classes")
-        bad = (t < 0) | (t >= c)
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
+        if t.size and (t.max() >= c or (t.dtype.kind == "i" and t.min() < 0)):
+            row = int(np.flatnonzero((t < 0) | (t >= c))[0])
             raise IndexError(
                 f"label {t[row]} at row {row} is out of range for {c} classes "
                 f"(labels must be in [0, {c - 1}])"

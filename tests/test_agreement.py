@@ -2,35 +2,13 @@
 
 import numpy as np
 import pytest
+from layouts import LAYOUTS
 
 from fastbp import layers, reference
 from fastbp.testing import assert_layers_agree
 from fastbp.verify import layer_cases
 
 CASE_NAMES = [c.name for c in layer_cases()]
-
-
-def fortran(a):
-    return np.asfortranarray(a)
-
-
-def strided(a):
-    wide = np.repeat(a, 2, axis=-1)
-    return wide[..., ::2]
-
-
-def negative_strides(a):
-    return a[::-1].copy()[::-1]
-
-
-def read_only(a):
-    a = a.copy()
-    a.setflags(write=False)
-    return a
-
-
-LAYOUTS = {"C": lambda a: a, "fortran": fortran, "strided": strided,
-           "negative": negative_strides, "read-only": read_only}
 
 
 def _case(name, batch=7):
