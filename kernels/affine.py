@@ -4,7 +4,7 @@ around them: the bias added in place into the product, and ``db``, the column su
 
 from numba import prange
 
-from .jit import sized
+from .jit import kernel, sized
 
 COLUMN_BLOCK = 256
 
@@ -18,6 +18,19 @@ def bias_add(out, b):
             out[i, j] += b[j]
 
 
+@kernel
+def _column_sum_block(dout, lo, db):
+    """``db = dout[:, lo:lo + db.size].sum(axis=0)``, rows added in order."""
+    zero = db.dtype.type(0)
+    w = db.size
+    for j in range(w):
+        db[j] = zero
+    for i in range(dout.shape[0]):
+        row = dout[i, lo:lo + w]  # a unit-stride slice of a C row: typed contiguous
+        for j in range(w):  # a plain range over slices: LLVM vectorises it
+            db[j] += row[j]
+
+
 @sized
 def column_sum(dout, db):
     """``db[j] = sum_i dout[i, j]``, rows added in order, as ``numpy.sum(axis=0)`` does.
@@ -25,13 +38,8 @@ def column_sum(dout, db):
     Threads own blocks of columns, never a shared accumulator, so the result does not depend
     on the thread count.
     """
-    n, h = dout.shape
-    zero = db.dtype.type(0)
+    h = dout.shape[1]
     for cb in prange((h + COLUMN_BLOCK - 1) // COLUMN_BLOCK):
         lo = cb * COLUMN_BLOCK
         hi = min(h, lo + COLUMN_BLOCK)
-        for j in range(lo, hi):
-            db[j] = zero
-        for i in range(n):
-            for j in range(lo, hi):
-                db[j] += dout[i, j]
+        _column_sum_block(dout, lo, db[lo:hi])
