@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import prange
 
-from .fastexp import exp64
+from .fastexp import fast_exp
 from .jit import kernel, sized
 
 
@@ -86,15 +86,10 @@ def _row_sum(r):
 
 @kernel
 def _exp_shifted(xr, m, buf):
-    """``buf = exp(xr - m)`` in float64 (:func:`.fastexp.exp64`, vectorised, within 2 ulp).
-
-    float64 for float32 rows too: ``y`` is then rounded once, from float64, and stays within
-    half an ulp, which a gradient ``y - 1`` near ``y = 1`` needs (float32 arithmetic would leave
-    it an ulp or two off, 1e-8 absolute, more than the float32 tolerance of a confident batch).
-    """
-    mf = np.float64(m)
+    """``buf = exp(xr - m)`` in ``xr``'s dtype (:func:`.fastexp.fast_exp`, vectorised, within
+    2 ulp). The row sum is then taken in float64 (:func:`_row_sum`)."""
     for j in range(xr.size):
-        buf[j] = exp64(np.float64(xr[j]) - mf)
+        buf[j] = fast_exp(xr[j] - m)
 
 
 @kernel
@@ -115,7 +110,8 @@ def _index_of(r, value):
 
 @kernel
 def _softmax_row(xr, buf, yr):
-    """``yr = softmax(xr)``, with ``buf`` (float64, at least as long as the row) as scratch.
+    """``yr = softmax(xr)``, with ``buf`` (``xr``'s dtype, at least as long as the row) as
+    scratch.
 
     Returns the row max (in ``xr``'s dtype) and ``log(sum(exp(xr - max)))`` (float64), so that
     ``logsumexp(xr) = max + that``. The maximum's own term is exactly 1 and is left out of the
@@ -142,7 +138,7 @@ def _softmax_row(xr, buf, yr):
 
 
 ROW_BLOCK = 32
-"""Rows per task of the threaded builds; each task owns its float64 scratch row."""
+"""Rows per task of the threaded builds; each task owns its scratch row."""
 
 
 @sized
@@ -150,7 +146,7 @@ def softmax_rows(x, y):
     """``y = softmax(x)`` along the last axis."""
     n, c = x.shape
     for b in prange((n + ROW_BLOCK - 1) // ROW_BLOCK):
-        buf = np.empty(c, np.float64)
+        buf = np.empty(c, x.dtype)
         for i in range(b * ROW_BLOCK, min(n, (b + 1) * ROW_BLOCK)):
             _softmax_row(x[i], buf, y[i])
 
@@ -160,7 +156,7 @@ def softmax_cross_entropy_labels_forward(x, t, y, losses):
     """``y = softmax(x)`` and ``losses[i] = logsumexp(x[i]) - x[i, t[i]]``."""
     n, c = x.shape
     for b in prange((n + ROW_BLOCK - 1) // ROW_BLOCK):
-        buf = np.empty(c, np.float64)
+        buf = np.empty(c, x.dtype)
         for i in range(b * ROW_BLOCK, min(n, (b + 1) * ROW_BLOCK)):
             m, log_s = _softmax_row(x[i], buf, y[i])
             losses[i] = (np.float64(m) - np.float64(x[i, t[i]])) + log_s
@@ -175,7 +171,7 @@ def softmax_cross_entropy_probs_forward(x, t, y, losses):
     """
     n, c = x.shape
     for b in prange((n + ROW_BLOCK - 1) // ROW_BLOCK):
-        buf = np.empty(c, np.float64)
+        buf = np.empty(c, x.dtype)
         for i in range(b * ROW_BLOCK, min(n, (b + 1) * ROW_BLOCK)):
             m, log_s = _softmax_row(x[i], buf, y[i])
             mf = np.float64(m)
