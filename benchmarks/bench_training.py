@@ -1,6 +1,6 @@
 """One SGD step of the book's TwoLayerNet (batch 100, 784-50-10), as the book writes it."""
 
-from . import DTYPES, layers_module, torch_or_skip
+from . import DTYPES, torch_or_skip
 
 BATCH, INPUT, HIDDEN, CLASSES = 100, 784, 50, 10
 
@@ -19,7 +19,7 @@ class TrainingStep:
 
             self.step = _torch_case("step", size, np.dtype(dtype), np.random.default_rng(0))
         else:
-            self.step = training_step(layers_module(backend), size, dtype)
+            self.step = training_step(backend, size, dtype)
         for _ in range(3):
             self.step()
 

@@ -82,54 +82,18 @@ def _layer_case(name, module, size, dtype, rng):
     return run
 
 
-class TwoLayerNet:
-    """The book's ``TwoLayerNet`` (ch05/two_layer_net.py) on a given layers module."""
-
-    def __init__(self, layers, input_size, hidden_size, output_size, dtype, seed=0,
-                 weight_init_std=0.01):
-        from collections import OrderedDict
-
-        import numpy as np
-
-        rng = np.random.default_rng(seed)
-        self.params = {
-            "W1": (weight_init_std * rng.standard_normal((input_size, hidden_size))).astype(dtype),
-            "b1": np.zeros(hidden_size, dtype=dtype),
-            "W2": (weight_init_std * rng.standard_normal((hidden_size, output_size))).astype(dtype),
-            "b2": np.zeros(output_size, dtype=dtype),
-        }
-        self.layers = OrderedDict()
-        self.layers["Affine1"] = layers.Affine(self.params["W1"], self.params["b1"])
-        self.layers["Relu1"] = layers.Relu()
-        self.layers["Affine2"] = layers.Affine(self.params["W2"], self.params["b2"])
-        self.lastLayer = layers.SoftmaxWithLoss()
-
-    def predict(self, x):
-        for layer in self.layers.values():
-            x = layer.forward(x)
-        return x
-
-    def loss(self, x, t):
-        return self.lastLayer.forward(self.predict(x), t)
-
-    def gradient(self, x, t):
-        self.loss(x, t)
-        dout = self.lastLayer.backward(1)
-        for layer in reversed(list(self.layers.values())):
-            dout = layer.backward(dout)
-        return {"W1": self.layers["Affine1"].dW, "b1": self.layers["Affine1"].db,
-                "W2": self.layers["Affine2"].dW, "b2": self.layers["Affine2"].db}
-
-
-def training_step(layers, size, dtype, seed=1):
-    """One SGD step of the book's net on a fixed batch: ``params[k] -= lr * grads[k]``."""
+def training_step(backend, size, dtype, seed=1):
+    """One SGD step of the book's net (:class:`fastbp.nets.TwoLayerNet`, built on ``backend``,
+    "kernel" or "reference") on a fixed batch: ``params[k] -= lr * grads[k]``, as the book."""
     import numpy as np
+
+    from fastbp.nets import TwoLayerNet
 
     n, d_in, hidden, classes = size
     rng = np.random.default_rng(seed)
     x = rng.random((n, d_in)).astype(dtype)
     t = rng.integers(0, classes, n)
-    net = TwoLayerNet(layers, d_in, hidden, classes, dtype)
+    net = TwoLayerNet(d_in, hidden, classes, backend=backend, rng=0, dtype=dtype)
     lr = np.dtype(dtype).type(0.1)
 
     def run():
@@ -342,7 +306,7 @@ def run_case(name, size_name, dtype, target, use_torch):
     for label, module in (("reference", reference), ("kernel", layers)):
         rng = np.random.default_rng(0)
         if name == "step":
-            funcs.append(training_step(module, size, dtype))
+            funcs.append(training_step(label, size, dtype))
         else:
             funcs.append(_layer_case(name, module, size, dtype, rng))
         names.append(label)
