@@ -47,3 +47,26 @@ def torch_or_skip():
 
 def rng():
     return np.random.default_rng(0)
+
+
+class _LayerTimings:
+    """The timed methods every layer benchmark shares; ``setup`` sets ``forward`` and
+    ``backward`` (closures over the layer and its seeded data). The leading underscore keeps asv
+    from collecting this base class itself."""
+
+    params = [BACKENDS, DTYPES, SIZES]  # noqa: RUF012 (asv reads it)
+    param_names = ["backend", "dtype", "size"]  # noqa: RUF012
+
+    def time_forward(self, backend, dtype, size):
+        self.forward()
+
+    def time_backward(self, backend, dtype, size):
+        self.backward()
+
+    def time_forward_backward(self, backend, dtype, size):
+        self.forward()
+        self.backward()
+
+    def peakmem_forward_backward(self, backend, dtype, size):
+        self.forward()
+        self.backward()

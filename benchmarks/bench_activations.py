@@ -2,12 +2,10 @@
 
 import numpy as np
 
-from . import BACKENDS, DTYPES, SHAPES, SIZES, layers_module, rng, torch_or_skip
+from . import DTYPES, SHAPES, SIZES, _LayerTimings, layers_module, rng, torch_or_skip
 
 
-class _Elementwise:
-    params = [BACKENDS, DTYPES, SIZES]  # noqa: RUF012 (asv reads it)
-    param_names = ["backend", "dtype", "size"]  # noqa: RUF012
+class _Elementwise(_LayerTimings):
     layer_name = None
     torch_function = None
 
@@ -38,19 +36,6 @@ class _Elementwise:
         self.tx.grad = None
         self.ty.backward(self.tdout, retain_graph=True)
 
-    def time_forward(self, backend, dtype, size):
-        self.forward()
-
-    def time_backward(self, backend, dtype, size):
-        self.backward()
-
-    def time_forward_backward(self, backend, dtype, size):
-        self.forward()
-        self.backward()
-
-    def peakmem_forward_backward(self, backend, dtype, size):
-        self.forward()
-        self.backward()
 
 
 class Relu(_Elementwise):

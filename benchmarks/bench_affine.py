@@ -2,12 +2,10 @@
 
 import numpy as np
 
-from . import BACKENDS, DTYPES, SHAPES, SIZES, layers_module, rng, torch_or_skip
+from . import SHAPES, _LayerTimings, layers_module, rng, torch_or_skip
 
 
-class Affine:
-    params = [BACKENDS, DTYPES, SIZES]  # noqa: RUF012 (asv reads it)
-    param_names = ["backend", "dtype", "size"]  # noqa: RUF012
+class Affine(_LayerTimings):
     timeout = 300
 
     def setup(self, backend, dtype, size):
@@ -40,16 +38,3 @@ class Affine:
         self.tx.grad = self.tW.grad = self.tb.grad = None
         self.ty.backward(self.tdout, retain_graph=True)
 
-    def time_forward(self, backend, dtype, size):
-        self.forward()
-
-    def time_backward(self, backend, dtype, size):
-        self.backward()
-
-    def time_forward_backward(self, backend, dtype, size):
-        self.forward()
-        self.backward()
-
-    def peakmem_forward_backward(self, backend, dtype, size):
-        self.forward()
-        self.backward()

@@ -1,11 +1,9 @@
 """SoftmaxWithLoss (labels): forward, backward, and peak memory of both."""
 
-from . import BACKENDS, DTYPES, SHAPES, SIZES, layers_module, rng, torch_or_skip
+from . import SHAPES, _LayerTimings, layers_module, rng, torch_or_skip
 
 
-class SoftmaxWithLoss:
-    params = [BACKENDS, DTYPES, SIZES]  # noqa: RUF012 (asv reads it)
-    param_names = ["backend", "dtype", "size"]  # noqa: RUF012
+class SoftmaxWithLoss(_LayerTimings):
 
     def setup(self, backend, dtype, size):
         n, c = SHAPES["softmax"][size]
@@ -34,16 +32,3 @@ class SoftmaxWithLoss:
         self.tx.grad = None
         self.loss.backward(retain_graph=True)
 
-    def time_forward(self, backend, dtype, size):
-        self.forward()
-
-    def time_backward(self, backend, dtype, size):
-        self.backward()
-
-    def time_forward_backward(self, backend, dtype, size):
-        self.forward()
-        self.backward()
-
-    def peakmem_forward_backward(self, backend, dtype, size):
-        self.forward()
-        self.backward()
