@@ -24,18 +24,6 @@ SHAPES = {
 }
 
 
-def layers_module(backend):
-    """The layers module of a NumPy backend; raises ``NotImplementedError`` (asv: skip) for
-    torch, which the benchmark classes handle themselves."""
-    if backend == "reference":
-        from fastbp.reference import layers
-    elif backend == "kernel":
-        from fastbp import layers
-    else:
-        raise NotImplementedError(backend)
-    return layers
-
-
 def torch_or_skip():
     """``torch``, or ``NotImplementedError`` (asv's way to skip a parameter combination)."""
     try:

@@ -2,7 +2,9 @@
 
 import numpy as np
 
-from . import DTYPES, SHAPES, SIZES, _LayerTimings, layers_module, rng, torch_or_skip
+from fastbp.nets import layer_module
+
+from . import DTYPES, SHAPES, SIZES, _LayerTimings, rng, torch_or_skip
 
 
 class _Elementwise(_LayerTimings):
@@ -22,7 +24,7 @@ class _Elementwise(_LayerTimings):
             self.forward = self._torch_forward
             self.backward = self._torch_backward
         else:
-            self.layer = getattr(layers_module(backend), self.layer_name)()
+            self.layer = getattr(layer_module(backend), self.layer_name)()
             self.forward = lambda: self.layer.forward(self.x)
             self.backward = lambda: self.layer.backward(self.dout)
         for _ in range(2):  # compile (kernel backend) and fault in the first buffers

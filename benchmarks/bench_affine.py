@@ -2,7 +2,9 @@
 
 import numpy as np
 
-from . import SHAPES, _LayerTimings, layers_module, rng, torch_or_skip
+from fastbp.nets import layer_module
+
+from . import SHAPES, _LayerTimings, rng, torch_or_skip
 
 
 class Affine(_LayerTimings):
@@ -24,7 +26,7 @@ class Affine(_LayerTimings):
             self.forward = self._torch_forward
             self.backward = self._torch_backward
         else:
-            self.layer = layers_module(backend).Affine(self.W, self.b)
+            self.layer = layer_module(backend).Affine(self.W, self.b)
             self.forward = lambda: self.layer.forward(self.x)
             self.backward = lambda: self.layer.backward(self.dout)
         for _ in range(2):

@@ -1,6 +1,8 @@
 """SoftmaxWithLoss (labels): forward, backward, and peak memory of both."""
 
-from . import SHAPES, _LayerTimings, layers_module, rng, torch_or_skip
+from fastbp.nets import layer_module
+
+from . import SHAPES, _LayerTimings, rng, torch_or_skip
 
 
 class SoftmaxWithLoss(_LayerTimings):
@@ -18,7 +20,7 @@ class SoftmaxWithLoss(_LayerTimings):
             self.forward = self._torch_forward
             self.backward = self._torch_backward
         else:
-            self.layer = layers_module(backend).SoftmaxWithLoss()
+            self.layer = layer_module(backend).SoftmaxWithLoss()
             self.forward = lambda: self.layer.forward(self.x, self.t)
             self.backward = lambda: self.layer.backward(1)
         for _ in range(2):
