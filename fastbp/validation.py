@@ -36,11 +36,22 @@ def _as_array(a, name):
 
 def _dtype_operand(a):
     # Python scalars stay "weak" in NumPy's promotion (float32 array + 0 stays float32).
-    return a if isinstance(a, numbers.Number) else np.asarray(a)
+    if isinstance(a, (numbers.Number, np.dtype)):
+        return a
+    return np.asarray(a)
 
 
 def result_dtype(*operands):
-    """The float dtype NumPy would give ``numpy.exp`` of an expression of ``operands``."""
+    """The float dtype NumPy would give ``numpy.exp`` of an expression of ``operands``.
+
+    An operand may be an array, a scalar or a ``numpy.dtype`` (a backward pass promotes
+    ``dout`` with the dtype its forward pass was given, not with the float32 it ran in).
+    """
+    dtypes = [a if isinstance(a, np.dtype) else a.dtype for a in operands
+              if isinstance(a, (np.ndarray, np.dtype))]
+    if (dtypes and len(dtypes) == len(operands) and dtypes[0].kind == "f"
+            and dtypes.count(dtypes[0]) == len(dtypes)):
+        return dtypes[0]  # the common case, without NumPy's promotion machinery
     return np.result_type(*[_dtype_operand(a) for a in operands], np.float16)
 
 
