@@ -142,9 +142,14 @@ def affine_shapes(x, W, b):
         raise ValueError(f"Affine: W must be 2-D (D, H); got shape {W.shape}")
     x2 = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: ambiguous for 0 rows
     if x2.shape[1] != W.shape[0]:
+        hint = ""
+        if x.ndim == 1:  # the first axis is the batch: (10,) is 10 samples of 1 feature
+            hint = (f"; a 1-D x is read as {x.shape[0]} samples of one feature each"
+                    + (": for one sample, pass x.reshape(1, -1)" if x.size == W.shape[0]
+                       else ""))
         raise ValueError(
             f"Affine.forward: x of shape {x.shape} (as {x2.shape}) does not fit W of shape "
-            f"{W.shape}: x needs {W.shape[0]} features per row"
+            f"{W.shape}: x needs {W.shape[0]} features per row{hint}"
         )
     out_shape = (x2.shape[0], W.shape[1])
     b_shape = np.shape(b)
