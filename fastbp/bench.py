@@ -622,7 +622,7 @@ def _run(args, sizes, cases, dtypes, use_torch, blas_threads):
                    "warnings": warnings}, sys.stdout, indent=1)
         print()
     else:
-        print(f"load average at end {_load_text(load_end)}")
+        print(f"load average at end {_load_text(load_end)} (at start {_load_text(load_start)})")
         print(f"({elapsed:.0f} s; times are medians per fwd+bwd or per step; others: cores "
               "busy with other processes during the row)")
         if any(r.get("roofline_note", "").startswith("in cache") for r in records):
