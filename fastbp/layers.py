@@ -70,10 +70,11 @@ class Sigmoid:
     def backward(self, dout):
         v.require_forward(self.out, "Sigmoid")
         dout = v.gradient_for(dout, self.out.shape, "Sigmoid")
-        (d, t), out_dtype = v.float_inputs(("dout", "out"), dout, self._tail, contiguous=True)
+        # float16 runs in float32: the result takes the dtype of dout * out, not of the tail
+        (d, t), _ = v.float_inputs(("dout", "out"), dout, self._tail, contiguous=True)
         dx = np.empty_like(t)
         activations.sigmoid_backward(d.reshape(-1), t.reshape(-1), dx.reshape(-1))
-        return v.as_result(dx, out_dtype)
+        return v.as_result(dx, v.result_dtype(dout, self.out.dtype))
 
 
 def _bias_row(bc, h):
@@ -111,6 +112,7 @@ class Affine:
         (xc, Wc, bc), out_dtype = v.float_inputs(("x", "W", "b"), x2, W, self.b)
         self.original_x_shape = x.shape
         self.x = xc
+        self._x_dtype = x.dtype  # xc may be float32 for float16 x: backward casts back to this
         out = np.empty((xc.shape[0], Wc.shape[1]), dtype=xc.dtype)
         with product_threads(2 * xc.shape[0] * xc.shape[1] * Wc.shape[1]):
             np.dot(xc, Wc, out=out)
@@ -125,7 +127,8 @@ class Affine:
         v.require_forward(self.x, "Affine")
         W = v._as_array(self.W, "W")
         dout = v.gradient_for(dout, (self.x.shape[0], W.shape[1]), "Affine")
-        (d, Wc, xc), out_dtype = v.float_inputs(("dout", "W", "x"), dout, W, self.x,
+        out_dtype = v.result_dtype(dout, W, self._x_dtype)
+        (d, Wc, xc), _ = v.float_inputs(("dout", "W", "x"), dout, W, self.x,
                                                 contiguous=True)
         db = np.empty(d.shape[1], dtype=d.dtype)
         affine.column_sum(d, db)  # before the products: BLAS's threads spin for a while after

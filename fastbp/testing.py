@@ -166,7 +166,7 @@ def compare_layers(make_candidate, make_reference, inputs, *, dtype=np.float64, 
     -------
     Comparison
         Checks for the forward output(s), the backward output(s), each of ``grads``, the
-        output dtype, and that no input array was modified.
+        dtype of every one of them, and that no input array was modified.
     """
     dtype = np.dtype(dtype)
     ref_dtype = np.dtype(np.float64)
@@ -190,9 +190,6 @@ def compare_layers(make_candidate, make_reference, inputs, *, dtype=np.float64, 
     scales = scales or {}
     pairs = zip(_outputs(c_out), _outputs(r_out), strict=True)
     checks = [_compare("forward", c, r, dtype, scales.get("forward", 0.0)) for c, r in pairs]
-    got_dtype = np.asarray(_outputs(c_out)[0]).dtype
-    checks.append(Check("dtype", float(got_dtype != dtype), 0.0,
-                        0.0 if got_dtype == dtype else np.inf, f"got {got_dtype}"))
 
     if dout is None:
         shape = np.shape(_outputs(r_out)[0])
@@ -205,6 +202,14 @@ def compare_layers(make_candidate, make_reference, inputs, *, dtype=np.float64, 
     for g in grads:
         checks.append(_compare(g, getattr(candidate, g), getattr(reference, g), dtype,
                                scales.get(g, 0.0)))
+    # Every float output is in the candidate's dtype: forward, backward, and each gradient.
+    produced = [("forward", o) for o in _outputs(c_out)]
+    produced += [("backward", o) for o in _outputs(c_dx)]
+    produced += [(g, getattr(candidate, g)) for g in grads]
+    wrong = [f"{q} {np.asarray(o).dtype}" for q, o in produced
+             if np.asarray(o).dtype.kind == "f" and np.asarray(o).dtype != dtype]
+    checks.append(Check("dtype", float(bool(wrong)), 0.0, np.inf if wrong else 0.0,
+                        "got " + ", ".join(wrong) if wrong else ""))
 
     changed = [i for i, (a, b) in enumerate(zip(c_inputs, before, strict=True))
                if b is not None and not np.array_equal(a, b, equal_nan=True)]

@@ -36,11 +36,22 @@ def _as_array(a, name):
 
 def _dtype_operand(a):
     # Python scalars stay "weak" in NumPy's promotion (float32 array + 0 stays float32).
-    return a if isinstance(a, numbers.Number) else np.asarray(a)
+    if isinstance(a, (numbers.Number, np.dtype)):
+        return a
+    return np.asarray(a)
 
 
 def result_dtype(*operands):
-    """The float dtype NumPy would give ``numpy.exp`` of an expression of ``operands``."""
+    """The float dtype NumPy would give ``numpy.exp`` of an expression of ``operands``.
+
+    An operand may be an array, a scalar or a ``numpy.dtype`` (a backward pass promotes
+    ``dout`` with the dtype its forward pass was given, not with the float32 it ran in).
+    """
+    dtypes = [a if isinstance(a, np.dtype) else a.dtype for a in operands
+              if isinstance(a, (np.ndarray, np.dtype))]
+    if (dtypes and len(dtypes) == len(operands) and dtypes[0].kind == "f"
+            and dtypes.count(dtypes[0]) == len(dtypes)):
+        return dtypes[0]  # the common case, without NumPy's promotion machinery
     return np.result_type(*[_dtype_operand(a) for a in operands], np.float16)
 
 
@@ -131,9 +142,14 @@ def affine_shapes(x, W, b):
         raise ValueError(f"Affine: W must be 2-D (D, H); got shape {W.shape}")
     x2 = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: ambiguous for 0 rows
     if x2.shape[1] != W.shape[0]:
+        hint = ""
+        if x.ndim == 1:  # the first axis is the batch: (10,) is 10 samples of 1 feature
+            hint = (f"; a 1-D x is read as {x.shape[0]} samples of one feature each"
+                    + (": for one sample, pass x.reshape(1, -1)" if x.size == W.shape[0]
+                       else ""))
         raise ValueError(
             f"Affine.forward: x of shape {x.shape} (as {x2.shape}) does not fit W of shape "
-            f"{W.shape}: x needs {W.shape[0]} features per row"
+            f"{W.shape}: x needs {W.shape[0]} features per row{hint}"
         )
     out_shape = (x2.shape[0], W.shape[1])
     b_shape = np.shape(b)

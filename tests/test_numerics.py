@@ -103,6 +103,18 @@ def test_affine_shape_mismatch_names_both_shapes(L):
         layer.backward(np.zeros((5, 3)))
 
 
+def test_affine_one_sample_as_1d_suggests_a_reshape(L):
+    """x of shape (10,) is 10 samples of one feature (the book's convention): say so, and
+    suggest x.reshape(1, -1) when that is one sample that fits."""
+    layer = L.Affine(np.zeros((10, 3)), np.zeros(3))
+    with pytest.raises(ValueError, match=r"\(10,\).*x\.reshape\(1, -1\)"):
+        layer.forward(np.zeros(10))
+    assert layer.forward(np.zeros(10).reshape(1, -1)).shape == (1, 3)
+    with pytest.raises(ValueError, match="samples of one feature") as info:
+        layer.forward(np.zeros(7))
+    assert "reshape" not in str(info.value)  # 7 values are no sample of W's 10 features
+
+
 def test_backward_before_forward(L):
     for layer in (L.Relu(), L.Sigmoid(), L.Affine(np.zeros((2, 2)), 0), L.SoftmaxWithLoss()):
         with pytest.raises(RuntimeError, match="before"):

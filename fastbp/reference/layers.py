@@ -82,8 +82,9 @@ class Sigmoid:
     def backward(self, dout):
         v.require_forward(self.out, "Sigmoid")
         dout = v.gradient_for(dout, self.out.shape, "Sigmoid")
-        (d, t), out_dtype = v.float_inputs(("dout", "out"), dout, self._tail)
-        return v.as_result(d * t * (1 - t), out_dtype)
+        # float16 runs in float32: the result takes the dtype of dout * out, not of the tail
+        (d, t), _ = v.float_inputs(("dout", "out"), dout, self._tail)
+        return v.as_result(d * t * (1 - t), v.result_dtype(dout, self.out.dtype))
 
 
 class Affine:
@@ -108,13 +109,15 @@ class Affine:
         (xc, Wc, bc), out_dtype = v.float_inputs(("x", "W", "b"), x2, W, self.b)
         self.original_x_shape = x.shape
         self.x = xc
+        self._x_dtype = x.dtype  # xc may be float32 for float16 x: backward casts back to this
         return v.as_result(np.dot(xc, Wc) + bc, out_dtype)
 
     def backward(self, dout):
         v.require_forward(self.x, "Affine")
         W = v._as_array(self.W, "W")
         dout = v.gradient_for(dout, (self.x.shape[0], W.shape[1]), "Affine")
-        (d, Wc, xc), out_dtype = v.float_inputs(("dout", "W", "x"), dout, W, self.x)
+        out_dtype = v.result_dtype(dout, W, self._x_dtype)
+        (d, Wc, xc), _ = v.float_inputs(("dout", "W", "x"), dout, W, self.x)
         dx = np.dot(d, Wc.T)
         self.dW = v.as_result(np.dot(xc.T, d), out_dtype)
         self.db = v.as_result(np.sum(d, axis=0), out_dtype)
