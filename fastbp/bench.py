@@ -212,7 +212,7 @@ def _copy_kernel():
     if _COPY is None:
         from numba import prange
 
-        from fastbp.kernels.jit import sized
+        from fastbp.kernels.parallel import sized
 
         def _copy(a, b):
             n = a.size
@@ -326,11 +326,12 @@ def _environment():
     import numpy as np
 
     from fastbp import __version__
-    from fastbp.kernels import jit
+    from fastbp.kernels import parallel
 
     env = {"fastbp": __version__, "numpy": np.__version__, "numba": numba.__version__,
-           "kernel_threads": numba.get_num_threads(), "adapt_to_load": jit.ADAPT_TO_LOAD,
-           "parallel_min_elements": jit.PARALLEL_MIN_ELEMENTS, "idle_cores": jit.idle_cores()}
+           "kernel_threads": numba.get_num_threads(), "adapt_to_load": parallel.ADAPT_TO_LOAD,
+           "parallel_min_elements": parallel.PARALLEL_MIN_ELEMENTS,
+           "idle_cores": parallel.idle_cores()}
     try:
         from threadpoolctl import threadpool_info
 

@@ -66,20 +66,16 @@ def layer_cases(seed=0, batch=7):
 
 def run_checks(seed=0):
     """Yield ``(layer, dtype, build, check)`` for every agreement and finite-difference check."""
-    from fastbp.kernels import jit
+    from fastbp.kernels import parallel
 
-    saved = jit.PARALLEL_MIN_ELEMENTS
-    try:
-        for build, threshold in (("serial", np.iinfo(np.int64).max), ("threaded", 0)):
-            jit.PARALLEL_MIN_ELEMENTS = threshold
+    for build, threshold in parallel.BUILDS.items():
+        with parallel.settings(parallel_min_elements=threshold):
             for case in layer_cases(seed):
                 for dtype in DTYPES:
                     result = compare_layers(case.candidate, case.reference, case.inputs,
                                             dtype=dtype, grads=case.grads, name=case.name)
                     for check in result.checks:
                         yield case.name, np.dtype(dtype).name, build, check
-    finally:
-        jit.PARALLEL_MIN_ELEMENTS = saved
     for case in layer_cases(seed):
         checks = finite_difference_check(
             lambda case=case: case.candidate(lambda a: np.array(a, dtype=np.float64)),
