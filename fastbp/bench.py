@@ -21,7 +21,7 @@ import json
 import sys
 import time
 
-SIZES = {
+SIZES = {  # shared with the asv suite (benchmarks/): one table for both
     "relu": {"book": (100, 50), "medium": (256, 1024), "large": (4096, 4096)},
     "sigmoid": {"book": (100, 50), "medium": (256, 1024), "large": (4096, 4096)},
     "softmax": {"book": (100, 10), "medium": (256, 1000), "large": (4096, 1000)},
@@ -103,7 +103,10 @@ def training_step(backend, size, dtype, seed=1):
     return run
 
 
-def _torch_case(name, size, dtype, rng):
+def torch_case(name, size, dtype, rng):
+    """PyTorch's twin of a case (eager, autograd): a function that runs one forward and backward
+    of ``name`` (a key of :data:`SIZES`) at ``size``, or one SGD step for ``"step"``.
+    Needs PyTorch."""
     import torch
 
     tdtype = {"float32": torch.float32, "float64": torch.float64}[str(dtype)]
@@ -311,7 +314,7 @@ def run_case(name, size_name, dtype, target, use_torch):
             funcs.append(_layer_case(name, module, size, dtype, rng))
         names.append(label)
     if use_torch:
-        funcs.append(_torch_case(name, size, dtype, np.random.default_rng(0)))
+        funcs.append(torch_case(name, size, dtype, np.random.default_rng(0)))
         names.append("torch")
     times = dict(zip(names, time_interleaved(funcs, target=target), strict=True))
     record = {"case": name, "size": size_name, "shape": list(size), "dtype": str(dtype),

@@ -5,15 +5,15 @@ import math
 import numpy as np
 import pytest
 
-from fastbp import functions, layers, reference
+from fastbp.backends import BACKENDS, function_module, layer_module
 
-BACKENDS = {"kernel": layers, "reference": reference.layers}
-FUNCTIONS = {"kernel": functions, "reference": reference.functions}
+LAYERS = {backend: layer_module(backend) for backend in BACKENDS}
+FUNCTIONS = {backend: function_module(backend) for backend in BACKENDS}
 
 
-@pytest.fixture(params=list(BACKENDS))
+@pytest.fixture(params=BACKENDS)
 def L(request):
-    return BACKENDS[request.param]
+    return LAYERS[request.param]
 
 
 # No edge case may warn (overflow in exp, invalid value, mean of empty slice, ...).
