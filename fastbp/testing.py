@@ -17,13 +17,14 @@ dtype, and checks that no input was modified::
         (x,), dtype=np.float32, grads=("dW", "db"),
     )
 
-Tolerances (NUMERICS.md): in float64 the two must agree within ``rtol = 1e-12`` and
-``atol = 1e-12 * max|reference|``. In float32 (and float16) the reference runs in float64 on the
-*same* rounded inputs; arrays must agree within ``rtol = 1.3e-6`` and
-``atol = 1e-5 * max|reference|`` (torch's float32 defaults, scaled), a scalar loss within
-``atol = 1e-6 * max(1, |loss|)``. NaN must meet NaN, and inf the same inf. No element is held to
-less than 4 units in the last place of the candidate's dtype, which only matters for subnormal
-results (a float32 gradient of 2e-42 has 11 bits, and its spacing is absolute).
+Tolerances (docs/numerics.md, section 7, is the full statement): in float64 the two must agree
+within ``rtol = 1e-12`` and ``atol = 1e-12 * max|reference|``. In float32 (and float16) the
+reference runs in float64 on the *same* rounded inputs; arrays must agree within
+``rtol = 1.3e-6`` and ``atol = 1e-5 * max|reference|`` (torch's float32 defaults, scaled), a
+scalar loss within ``atol = 1e-6 * max(1, |loss|)``. NaN must meet NaN, and inf the same inf. No
+element is held to less than 4 units in the last place of the candidate's dtype, which only
+matters for subnormal results (a float32 gradient of 2e-42 has 11 bits, and its spacing is
+absolute).
 """
 
 import dataclasses

@@ -15,7 +15,7 @@ LAYERS = {backend: layer_module(backend) for backend in BACKENDS}
 
 
 def close64(a, b):
-    """NUMERICS.md: reference vs kernel in float64, rtol 1e-12, atol 1e-12 x largest value."""
+    """docs/numerics.md: reference vs kernel in float64, rtol 1e-12, atol 1e-12 x largest value."""
     scale = max(1.0, float(np.max(np.abs(b))) if np.size(b) else 1.0)
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * scale)
 
