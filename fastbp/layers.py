@@ -104,8 +104,8 @@ class Affine:
         self.db = None
 
     def forward(self, x):
-        xc, Wc, bc, out_dtype = v.affine_inputs(x, self.W, self.b)
-        self.original_x_shape, self.x = np.shape(x), xc
+        x_shape, xc, Wc, bc, out_dtype = v.affine_inputs(x, self.W, self.b)
+        self.original_x_shape, self.x = x_shape, xc
         out = np.empty((xc.shape[0], Wc.shape[1]), dtype=xc.dtype)
         with product_threads(2 * xc.shape[0] * xc.shape[1] * Wc.shape[1]):
             np.dot(xc, Wc, out=out)

@@ -152,17 +152,18 @@ def affine_shapes(x, W, b):
 
 
 def affine_inputs(x, W, b):
-    """Check and convert Affine's operands: ``(x2, W, b, out_dtype)``.
+    """Check and convert Affine's operands: ``(x_shape, x2, W, b, out_dtype)``.
 
-    ``x`` of shape (N, ...) becomes ``x2`` of shape (N, D) (see :func:`affine_shapes`), and the
-    three are converted to one compute dtype (:func:`float_inputs`); ``out_dtype`` is the dtype
-    of the result. Raises ``TypeError`` or ``ValueError`` naming the operand and its shape.
+    ``x_shape`` is the shape of ``x``. ``x`` of shape (N, ...) becomes ``x2`` of shape (N, D)
+    (see :func:`affine_shapes`), and the three are converted to one compute dtype
+    (:func:`float_inputs`); ``out_dtype`` is the dtype of the result. Raises ``TypeError`` or
+    ``ValueError`` naming the operand and its shape.
     """
     x = _as_array(x, "x")
     W = _as_array(W, "W")
     x2 = affine_shapes(x, W, b)
     (xc, Wc, bc), out_dtype = float_inputs(("x", "W", "b"), x2, W, b)
-    return xc, Wc, bc, out_dtype
+    return x.shape, xc, Wc, bc, out_dtype
 
 
 def logits(x, *, contiguous=False):

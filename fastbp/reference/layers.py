@@ -105,9 +105,8 @@ class Affine:
         self.db = None
 
     def forward(self, x):
-        xc, W, b, out_dtype = v.affine_inputs(x, self.W, self.b)
-        self.original_x_shape, self.x = np.shape(x), xc
-        return v.as_result(np.dot(xc, W) + b, out_dtype)
+        self.original_x_shape, self.x, W, b, out_dtype = v.affine_inputs(x, self.W, self.b)
+        return v.as_result(np.dot(self.x, W) + b, out_dtype)
 
     def backward(self, dout):
         v.require_forward(self.x, "Affine")
