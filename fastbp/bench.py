@@ -38,7 +38,7 @@ import os
 import sys
 import time
 
-SIZES = {
+SIZES = {  # shared with the asv suite (benchmarks/): one table for both
     "relu": {"book": (100, 50), "medium": (256, 1024), "large": (4096, 4096)},
     "sigmoid": {"book": (100, 50), "medium": (256, 1024), "large": (4096, 4096)},
     "softmax": {"book": (100, 10), "medium": (256, 1000), "large": (4096, 1000)},
@@ -136,7 +136,10 @@ def training_step(backend, size, dtype, seed=1):
     return run
 
 
-def _torch_case(name, size, dtype, rng):
+def torch_case(name, size, dtype, rng):
+    """PyTorch's twin of a case (eager, autograd): a function that runs one forward and backward
+    of ``name`` (a key of :data:`SIZES`) at ``size``, or one SGD step for ``"step"``.
+    Needs PyTorch."""
     import torch
 
     tdtype = {"float32": torch.float32, "float64": torch.float64}[str(dtype)]
@@ -245,7 +248,7 @@ def _copy_kernel():
     if _COPY is None:
         from numba import prange
 
-        from fastbp.kernels.jit import sized
+        from fastbp.kernels.parallel import sized
 
         def _copy(a, b):
             n = a.size
@@ -347,7 +350,7 @@ def run_case(name, size_name, dtype, target, use_torch):
             funcs.append(_layer_case(name, module, size, dtype, rng))
         names.append(label)
     if use_torch:
-        funcs.append(_torch_case(name, size, dtype, np.random.default_rng(0)))
+        funcs.append(torch_case(name, size, dtype, np.random.default_rng(0)))
         names.append("torch")
     times = dict(zip(names, time_interleaved(funcs, target=target), strict=True))
     record = {"case": name, "size": size_name, "shape": list(size), "dtype": str(dtype),
@@ -362,11 +365,12 @@ def _environment():
     import numpy as np
 
     from fastbp import __version__
-    from fastbp.kernels import jit
+    from fastbp.kernels import parallel
 
     env = {"fastbp": __version__, "numpy": np.__version__, "numba": numba.__version__,
-           "kernel_threads": numba.get_num_threads(), "adapt_to_load": jit.ADAPT_TO_LOAD,
-           "parallel_min_elements": jit.PARALLEL_MIN_ELEMENTS, "idle_cores": jit.idle_cores()}
+           "kernel_threads": numba.get_num_threads(), "adapt_to_load": parallel.ADAPT_TO_LOAD,
+           "parallel_min_elements": parallel.PARALLEL_MIN_ELEMENTS,
+           "idle_cores": parallel.idle_cores()}
     try:
         from threadpoolctl import threadpool_info
 

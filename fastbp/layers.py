@@ -10,6 +10,7 @@ attribute names. :mod:`fastbp.reference.layers` holds the same classes in plain 
 import numpy as np
 
 from fastbp import validation as v
+from fastbp.functions import sigmoid_parts
 from fastbp.kernels import activations, affine, softmax
 from fastbp.reference.layers import AddLayer, MulLayer
 from fastbp.threads import product_threads
@@ -58,12 +59,10 @@ class Sigmoid:
 
     def __init__(self):
         self.out = None
+        self._tail = None  # sigmoid(-|x|), for backward
 
     def forward(self, x):
-        xc, out_dtype = v.float_input(x, contiguous=True)
-        out = np.empty_like(xc)
-        self._tail = np.empty_like(xc)
-        activations.sigmoid_forward(xc.reshape(-1), out.reshape(-1), self._tail.reshape(-1))
+        out, self._tail, out_dtype = sigmoid_parts(x)
         self.out = v.as_result(out, out_dtype)
         return self.out
 
@@ -102,16 +101,13 @@ class Affine:
         self.b = b
         self.x = None
         self.original_x_shape = None
+        self._x_dtype = None
         self.dW = None
         self.db = None
 
     def forward(self, x):
-        x = v._as_array(x, "x")
-        W = v._as_array(self.W, "W")
-        x2 = v.affine_shapes(x, W, self.b)
-        (xc, Wc, bc), out_dtype = v.float_inputs(("x", "W", "b"), x2, W, self.b)
-        self.original_x_shape = x.shape
-        self.x = xc
+        x, xc, Wc, bc, out_dtype = v.affine_inputs(x, self.W, self.b)
+        self.original_x_shape, self.x = x.shape, xc
         self._x_dtype = x.dtype  # xc may be float32 for float16 x: backward casts back to this
         out = np.empty((xc.shape[0], Wc.shape[1]), dtype=xc.dtype)
         with product_threads(2 * xc.shape[0] * xc.shape[1] * Wc.shape[1]):
@@ -154,6 +150,10 @@ class SoftmaxWithLoss:
         self.loss = None
         self.y = None
         self.t = None
+        # for backward: the targets' form and converted values, the softmax as a contiguous
+        # (N, C) array in the compute dtype, the input's shape and the result dtype
+        self._kind = self._target = self._y = None
+        self._x_shape = self._out_dtype = None
 
     def forward(self, x, t):
         xc, out_dtype = v.logits(x, contiguous=True)

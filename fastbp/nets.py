@@ -15,22 +15,10 @@ from collections import OrderedDict
 
 import numpy as np
 
+from fastbp.backends import BACKENDS, layer_module
 from fastbp.gradient import numerical_gradient
 
 __all__ = ["BACKENDS", "MultiLayerNet", "TwoLayerNet", "layer_module"]
-
-BACKENDS = ("kernel", "reference")
-
-
-def layer_module(backend):
-    """The module that holds the layer classes of ``backend`` ("kernel" or "reference")."""
-    if backend == "kernel":
-        from fastbp import layers
-    elif backend == "reference":
-        from fastbp.reference import layers
-    else:
-        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
-    return layers
 
 
 def _standard_normal(rng, shape):

@@ -17,26 +17,32 @@ dtype, and checks that no input was modified::
         (x,), dtype=np.float32, grads=("dW", "db"),
     )
 
-Tolerances (NUMERICS.md): in float64 the two must agree within ``rtol = 1e-12`` and
-``atol = 1e-12 * max|reference|``. In float32 (and float16) the reference runs in float64 on the
-*same* rounded inputs; arrays must agree within ``rtol = 1.3e-6`` and
-``atol = 1e-5 * max|reference|`` (torch's float32 defaults, scaled), a scalar loss within
-``atol = 1e-6 * max(1, |loss|)``. NaN must meet NaN, and inf the same inf. No element is held to
-less than 4 units in the last place of the candidate's dtype, which only matters for subnormal
-results (a float32 gradient of 2e-42 has 11 bits, and its spacing is absolute).
+Tolerances (docs/numerics.md, section 7, is the full statement): in float64 the two must agree
+within ``rtol = 1e-12`` and ``atol = 1e-12 * max|reference|``. In float32 (and float16) the
+reference runs in float64 on the *same* rounded inputs; arrays must agree within
+``rtol = 1.3e-6`` and ``atol = 1e-5 * max|reference|`` (torch's float32 defaults, scaled), a
+scalar loss within ``atol = 1e-6 * max(1, |loss|)``. NaN must meet NaN, and inf the same inf. No
+element is held to less than 4 units in the last place of the candidate's dtype, which only
+matters for subnormal results (a float32 gradient of 2e-42 has 11 bits, and its spacing is
+absolute).
 """
 
 import dataclasses
 
 import numpy as np
 
+from fastbp.backends import layer_module
+
 __all__ = [
     "Check",
     "Comparison",
+    "LayerCase",
     "assert_finite_differences",
     "assert_layers_agree",
+    "away_from_zero",
     "compare_layers",
     "finite_difference_check",
+    "layer_cases",
     "tolerances",
 ]
 
@@ -287,3 +293,64 @@ def assert_finite_differences(make_layer, inputs, **kwargs):
         raise AssertionError("finite differences disagree: " + ", ".join(
             f"{c.quantity}: {c.max_error:.3e}" for c in bad))
     return checks
+
+
+# --- the standard cases ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LayerCase:
+    """A layer and the data to run it on: ``make(module, cast)`` builds it from either backend.
+
+    ``inputs`` are the arguments of ``forward``; ``grads`` the attributes that ``backward`` sets
+    (compared too); ``params`` maps each parameter attribute to its gradient attribute, for the
+    finite-difference check.
+    """
+
+    name: str
+    make: object
+    inputs: tuple
+    grads: tuple = ()
+    params: dict = dataclasses.field(default_factory=dict)
+
+    def candidate(self, cast):
+        """The kernel layer (:mod:`fastbp.layers`), built with ``cast``."""
+        return self.make(layer_module("kernel"), cast)
+
+    def reference(self, cast):
+        """The reference layer (:mod:`fastbp.reference.layers`), built with ``cast``."""
+        return self.make(layer_module("reference"), cast)
+
+
+def away_from_zero(rng, shape, low=0.05, high=2.0):
+    """Random values with ``low <= |x| <= high``: finite differences never cross ReLU's kink."""
+    return rng.uniform(low, high, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def layer_cases(seed=0, batch=7):
+    """The standard cases: every kernel-backed layer, every label form, odd sizes, N-d input.
+
+    The registry that the agreement and finite-difference tests and ``fastbp verify`` run: a new
+    layer is added here, once.
+    """
+    rng = np.random.default_rng(seed)
+    x_nd = rng.standard_normal((batch, 3, 4))
+    W, b = rng.standard_normal((12, 9)), rng.standard_normal(9)
+    logits = 3 * rng.standard_normal((batch, 10))
+    labels = rng.integers(0, 10, batch)
+    probs = rng.dirichlet(np.ones(10), batch)
+    return [
+        LayerCase("Relu", lambda m, cast: m.Relu(), (away_from_zero(rng, (batch, 13)),)),
+        LayerCase("Sigmoid", lambda m, cast: m.Sigmoid(),
+                  (3 * rng.standard_normal((batch, 13)),)),
+        LayerCase("Affine", lambda m, cast: m.Affine(cast(W), cast(b)), (x_nd,),
+                  grads=("dW", "db"), params={"W": "dW", "b": "db"}),
+        LayerCase("SoftmaxWithLoss[labels]", lambda m, cast: m.SoftmaxWithLoss(),
+                  (logits, labels)),
+        LayerCase("SoftmaxWithLoss[uint8 (N,1)]", lambda m, cast: m.SoftmaxWithLoss(),
+                  (logits, labels.astype(np.uint8).reshape(-1, 1))),
+        LayerCase("SoftmaxWithLoss[one-hot]", lambda m, cast: m.SoftmaxWithLoss(),
+                  (logits, np.eye(10)[labels])),
+        LayerCase("SoftmaxWithLoss[probs]", lambda m, cast: m.SoftmaxWithLoss(),
+                  (logits, probs)),
+    ]

@@ -9,10 +9,12 @@ turns a 0.1 ms kernel into a 10 ms one.
 The default (``set_num_threads(None)``)
 ---------------------------------------
 * **Kernels** run threaded only for arrays of at least
-  :data:`fastbp.kernels.jit.PARALLEL_MIN_ELEMENTS` elements (2**18: below that, starting threads
-  costs more than it saves on 2 cores), on numba's thread count (``NUMBA_NUM_THREADS``, all
-  cores), and only on cores that are idle at that moment (:data:`~fastbp.kernels.jit.ADAPT_TO_LOAD`:
-  the running-task count of ``/proc/loadavg`` is read, 2 us). A BLAS worker still spinning after
+  :data:`fastbp.kernels.parallel.PARALLEL_MIN_ELEMENTS` elements (2**18: below that, starting
+  threads costs more than it saves on 2 cores), on numba's thread count (``NUMBA_NUM_THREADS``,
+  all cores), and only on cores that are idle at that moment
+  (:data:`~fastbp.kernels.parallel.ADAPT_TO_LOAD`: the running-task count of ``/proc/loadavg`` is
+  read, 2 us). Both settings are changed for a block with
+  :func:`fastbp.kernels.parallel.settings`. A BLAS worker still spinning after
   a product counts as busy, so a kernel that follows a product runs serial.
 * numba's OpenMP threads **sleep** when they wait (``OMP_WAIT_POLICY=PASSIVE``, set only while
   numba starts its pool, unless you set it yourself), so they never hold a core that a BLAS
@@ -34,8 +36,9 @@ Setting a count by hand
 -----------------------
 ``set_num_threads(n)`` fixes the kernel thread count at ``n`` (1 turns threading off) and turns
 off the load check; ``threads(n)`` does the same for a ``with`` block and then restores what was
-there before, as pynndescent does with numba's count. The BLAS thread count is BLAS's own:
-set ``OPENBLAS_NUM_THREADS`` (or use threadpoolctl) to change it.
+there before, as pynndescent does with numba's count. Both act on the calling Python thread only,
+as numba's own count does: other Python threads keep their count and the load check. The BLAS
+thread count is BLAS's own: set ``OPENBLAS_NUM_THREADS`` (or use threadpoolctl) to change it.
 """
 
 import os
@@ -44,7 +47,7 @@ from contextlib import contextmanager
 
 import numba
 
-from fastbp.kernels import jit
+from fastbp.kernels import parallel
 
 __all__ = [
     "SMALL_PRODUCT_FLOPS",
@@ -64,23 +67,25 @@ _BLAS_OWN_THRESHOLD = 1 << 19
 
 
 def get_num_threads():
-    """The number of threads a threaded kernel may use (numba's count for this thread)."""
+    """The number of threads a threaded kernel called from this Python thread may use (numba's
+    count for this thread)."""
     return numba.get_num_threads()
 
 
 def set_num_threads(n):
-    """Set the kernel thread count.
+    """Set the kernel thread count of the calling Python thread.
 
     Parameters
     ----------
     n : int or None
-        A count from 1 to ``numba.config.NUMBA_NUM_THREADS``: the threaded kernels use exactly
-        that many threads (1 runs every kernel serial) and the load check is off. ``None``
-        restores the default: numba's full count, threads only on idle cores.
+        A count from 1 to ``numba.config.NUMBA_NUM_THREADS``: the threaded kernels called from
+        this Python thread use exactly that many threads (1 runs every kernel serial), with no
+        load check. ``None`` restores the default: numba's full count, threads only on idle
+        cores. Other Python threads are not affected.
     """
     if n is None:
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        jit.ADAPT_TO_LOAD = True
+        parallel.set_count_fixed(False)
         return
     n = int(n)
     if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
@@ -89,12 +94,14 @@ def set_num_threads(n):
             f"(NUMBA_NUM_THREADS); got {n}"
         )
     numba.set_num_threads(n)
-    jit.ADAPT_TO_LOAD = False
+    parallel.set_count_fixed(True)
 
 
 @contextmanager
 def threads(n):
     """Run a ``with`` block with ``set_num_threads(n)``, then restore the previous setting.
+
+    Like :func:`set_num_threads`, it applies to the calling Python thread only.
 
     Examples
     --------
@@ -102,13 +109,13 @@ def threads(n):
     >>> with threads.threads(1):          # doctest: +SKIP
     ...     out = layers.Relu().forward(x)
     """
-    saved = (numba.get_num_threads(), jit.ADAPT_TO_LOAD)
+    saved = (numba.get_num_threads(), parallel.count_fixed())
     set_num_threads(n)
     try:
         yield
     finally:
         numba.set_num_threads(saved[0])
-        jit.ADAPT_TO_LOAD = saved[1]
+        parallel.set_count_fixed(saved[1])
 
 
 # --- BLAS --------------------------------------------------------------------------------------

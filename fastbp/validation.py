@@ -5,10 +5,10 @@ inputs, reject the same inputs with the same messages, and give the same output 
 here is compiled: every check runs in Python before any kernel sees the data, because a kernel
 given an out-of-range label or a short array reads or writes outside its arrays.
 
-Dtype policy (NUMERICS.md): float32 and float64 run as they are. Other real dtypes are promoted the
-way ``numpy.exp`` promotes them (bool and int8 to float16, int16 to float32, wider integers to
-float64). float16 runs in float32 and is cast back. Complex, object, string and extended-precision
-inputs raise ``TypeError``.
+Dtype policy (docs/numerics.md, section 3): float32 and float64 run as they are. Other real dtypes
+are promoted the way ``numpy.exp`` promotes them (bool and int8 to float16, int16 to float32, wider
+integers to float64). float16 runs in float32 and is cast back. Complex, object, string and
+extended-precision inputs raise ``TypeError``.
 """
 
 import math
@@ -167,8 +167,23 @@ def affine_shapes(x, W, b):
     return x2
 
 
+def affine_inputs(x, W, b):
+    """Check and convert Affine's operands: ``(x, x2, W, b, out_dtype)``.
+
+    ``x`` is the input as an array: ``backward`` restores its shape and dtype. ``x`` of shape
+    (N, ...) becomes ``x2`` of shape (N, D) (see :func:`affine_shapes`), and the three are
+    converted to one compute dtype (:func:`float_inputs`); ``out_dtype`` is the dtype of the
+    result. Raises ``TypeError`` or ``ValueError`` naming the operand and its shape.
+    """
+    x = _as_array(x, "x")
+    W = _as_array(W, "W")
+    x2 = affine_shapes(x, W, b)
+    (xc, Wc, bc), out_dtype = float_inputs(("x", "W", "b"), x2, W, b)
+    return x, xc, Wc, bc, out_dtype
+
+
 def logits(x, *, contiguous=False):
-    """Logits for softmax-cross-entropy: integer and bool logits become float64 (NUMERICS.md),
+    """Logits for softmax-cross-entropy: integer and bool logits become float64 (docs/numerics.md),
     float16 runs in float32; complex raises ``TypeError``. Returns ``(converted, out_dtype)``."""
     arr = _as_array(x, "x")
     if arr.dtype.kind in "biu":

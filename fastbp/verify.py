@@ -1,85 +1,38 @@
 """``fastbp verify``: check the kernels against the NumPy reference on this machine.
 
-Runs :func:`fastbp.testing.compare_layers` for every layer in float32 and float64, in the serial
-and the threaded kernel builds, and :func:`fastbp.testing.finite_difference_check` for every
-layer in float64, then prints one table row per check. Exits 1 if any check fails.
+Runs :func:`fastbp.testing.compare_layers` for every case of :func:`fastbp.testing.layer_cases`
+in float32 and float64, in the serial and the threaded kernel builds, and
+:func:`fastbp.testing.finite_difference_check` for every case in float64, then prints one table
+row per check. Exits 1 if any check fails.
 """
 
-import dataclasses
 import time
 
 import numpy as np
 
-from fastbp import layers
-from fastbp.reference import layers as reference
-from fastbp.testing import compare_layers, finite_difference_check
+from fastbp.testing import (  # noqa: F401 (LayerCase, away_from_zero: importable from here too)
+    LayerCase,
+    away_from_zero,
+    compare_layers,
+    finite_difference_check,
+    layer_cases,
+)
 
 DTYPES = (np.float32, np.float64)
 
 
-@dataclasses.dataclass
-class LayerCase:
-    """A layer and the data to run it on: ``make(module, cast)`` builds it from either backend."""
-
-    name: str
-    make: object
-    inputs: tuple
-    grads: tuple = ()
-    params: dict = dataclasses.field(default_factory=dict)
-
-    def candidate(self, cast):
-        return self.make(layers, cast)
-
-    def reference(self, cast):
-        return self.make(reference, cast)
-
-
-def away_from_zero(rng, shape, low=0.05, high=2.0):
-    """Random values with ``low <= |x| <= high``: finite differences never cross ReLU's kink."""
-    return rng.uniform(low, high, shape) * rng.choice([-1.0, 1.0], shape)
-
-
-def layer_cases(seed=0, batch=7):
-    """The standard cases: every kernel-backed layer, every label form, odd sizes, N-d input."""
-    rng = np.random.default_rng(seed)
-    x_nd = rng.standard_normal((batch, 3, 4))
-    W, b = rng.standard_normal((12, 9)), rng.standard_normal(9)
-    logits = 3 * rng.standard_normal((batch, 10))
-    labels = rng.integers(0, 10, batch)
-    probs = rng.dirichlet(np.ones(10), batch)
-    return [
-        LayerCase("Relu", lambda m, cast: m.Relu(), (away_from_zero(rng, (batch, 13)),)),
-        LayerCase("Sigmoid", lambda m, cast: m.Sigmoid(),
-                  (3 * rng.standard_normal((batch, 13)),)),
-        LayerCase("Affine", lambda m, cast: m.Affine(cast(W), cast(b)), (x_nd,),
-                  grads=("dW", "db"), params={"W": "dW", "b": "db"}),
-        LayerCase("SoftmaxWithLoss[labels]", lambda m, cast: m.SoftmaxWithLoss(),
-                  (logits, labels)),
-        LayerCase("SoftmaxWithLoss[uint8 (N,1)]", lambda m, cast: m.SoftmaxWithLoss(),
-                  (logits, labels.astype(np.uint8).reshape(-1, 1))),
-        LayerCase("SoftmaxWithLoss[one-hot]", lambda m, cast: m.SoftmaxWithLoss(),
-                  (logits, np.eye(10)[labels])),
-        LayerCase("SoftmaxWithLoss[probs]", lambda m, cast: m.SoftmaxWithLoss(),
-                  (logits, probs)),
-    ]
-
-
 def run_checks(seed=0):
     """Yield ``(layer, dtype, build, check)`` for every agreement and finite-difference check."""
-    from fastbp.kernels import jit
+    from fastbp.kernels import parallel
 
-    saved = jit.PARALLEL_MIN_ELEMENTS
-    try:
-        for build, threshold in (("serial", np.iinfo(np.int64).max), ("threaded", 0)):
-            jit.PARALLEL_MIN_ELEMENTS = threshold
+    for build, threshold in parallel.BUILDS.items():
+        with parallel.settings(parallel_min_elements=threshold):
             for case in layer_cases(seed):
                 for dtype in DTYPES:
                     result = compare_layers(case.candidate, case.reference, case.inputs,
                                             dtype=dtype, grads=case.grads, name=case.name)
                     for check in result.checks:
                         yield case.name, np.dtype(dtype).name, build, check
-    finally:
-        jit.PARALLEL_MIN_ELEMENTS = saved
     for case in layer_cases(seed):
         checks = finite_difference_check(
             lambda case=case: case.candidate(lambda a: np.array(a, dtype=np.float64)),

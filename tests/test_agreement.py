@@ -5,8 +5,7 @@ import pytest
 from layouts import LAYOUTS
 
 from fastbp import layers, reference
-from fastbp.testing import assert_layers_agree
-from fastbp.verify import layer_cases
+from fastbp.testing import assert_layers_agree, layer_cases
 
 CASE_NAMES = [c.name for c in layer_cases()]
 

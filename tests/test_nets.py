@@ -5,19 +5,17 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from fastbp import layers as kernel_layers
+from fastbp.backends import BACKENDS, layer_module
 from fastbp.datasets import load_digits
 from fastbp.gradient import gradient_check
 from fastbp.nets import MultiLayerNet, TwoLayerNet
 from fastbp.optim import SGD
-from fastbp.reference import layers as reference_layers
 
-BACKENDS = ["kernel", "reference"]
-LAYERS = {"kernel": kernel_layers, "reference": reference_layers}
+LAYERS = {backend: layer_module(backend) for backend in BACKENDS}
 
 
 def close64(a, b):
-    """NUMERICS.md: reference vs kernel in float64, rtol 1e-12, atol 1e-12 x largest value."""
+    """docs/numerics.md: reference vs kernel in float64, rtol 1e-12, atol 1e-12 x largest value."""
     scale = max(1.0, float(np.max(np.abs(b))) if np.size(b) else 1.0)
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * scale)
 

@@ -12,6 +12,8 @@ import numpy as np
 from fastbp import validation as v
 from fastbp.reference.functions import log_softmax, sigmoid_parts
 
+__all__ = ["AddLayer", "Affine", "MulLayer", "Relu", "Sigmoid", "SoftmaxWithLoss"]
+
 
 class MulLayer:
     """``out = x * y``; works on Python scalars (as in the book's buy-apple example) and arrays."""
@@ -73,6 +75,7 @@ class Sigmoid:
 
     def __init__(self):
         self.out = None
+        self._tail = None  # sigmoid(-|x|), for backward
 
     def forward(self, x):
         s, self._tail, out_dtype = sigmoid_parts(x)
@@ -99,18 +102,15 @@ class Affine:
         self.b = b
         self.x = None
         self.original_x_shape = None
+        self._x_dtype = None
         self.dW = None
         self.db = None
 
     def forward(self, x):
-        x = v._as_array(x, "x")
-        W = v._as_array(self.W, "W")
-        x2 = v.affine_shapes(x, W, self.b)
-        (xc, Wc, bc), out_dtype = v.float_inputs(("x", "W", "b"), x2, W, self.b)
+        x, self.x, W, b, out_dtype = v.affine_inputs(x, self.W, self.b)
         self.original_x_shape = x.shape
-        self.x = xc
-        self._x_dtype = x.dtype  # xc may be float32 for float16 x: backward casts back to this
-        return v.as_result(np.dot(xc, Wc) + bc, out_dtype)
+        self._x_dtype = x.dtype  # self.x may be float32 for float16 x: backward casts back to this
+        return v.as_result(np.dot(self.x, W) + b, out_dtype)
 
     def backward(self, dout):
         v.require_forward(self.x, "Affine")
@@ -136,6 +136,10 @@ class SoftmaxWithLoss:
         self.loss = None
         self.y = None
         self.t = None
+        # for backward: the targets' form and converted values, the float64-or-float32 softmax
+        # and log-softmax as (N, C), the input's shape and the result dtype
+        self._kind = self._target = self._y = self._logp = None
+        self._x_shape = self._out_dtype = None
 
     def forward(self, x, t):
         xc, out_dtype = v.logits(x)
