@@ -358,3 +358,18 @@ def pool_geometry(x, pool_h, pool_w, stride, pad):
         raise ValueError(f"{layer}.forward: x of shape {x.shape} has no pixels to pool")
     oh, ow = _window_fits(x.shape, ph, pw, stride, pad, f"{layer}.forward", "pool window")
     return ph, pw, stride, pad, oh, ow
+
+
+def filters_for_backward(W, w_shape):
+    """``W`` as ``Convolution.backward`` reads it: it must still have the shape forward saw."""
+    W = _as_array(W, "W")
+    if W.shape != tuple(w_shape):
+        raise ValueError(
+            f"Convolution.backward: W has shape {W.shape}, but forward ran with {tuple(w_shape)}"
+        )
+    return W
+
+
+def bias_vector(b, fn):
+    """A checked Convolution bias (see :func:`conv_geometry`) as a contiguous (FN,) vector."""
+    return np.ascontiguousarray(np.broadcast_to(np.reshape(b, -1), (fn,)))
