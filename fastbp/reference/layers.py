@@ -190,7 +190,8 @@ class Convolution:
     shape (FN,), or is a scalar. The output is (N, FN, OH, OW) with
     ``OH = (H + 2 * pad - FH) // stride + 1`` (likewise OW); rows that no window reaches when the
     division is not exact are left out, as in the book. ``backward`` sets ``dW`` (W's shape) and
-    ``db`` (FN,) and returns ``dx``. ``col`` and ``col_W`` are the book's intermediates.
+    ``db`` (FN,) and returns ``dx``, or ``None`` when ``need_dx`` is False (a fastbp extension,
+    for a network's first layer). ``col`` and ``col_W`` are the book's intermediates.
     """
 
     def __init__(self, W, b, stride=1, pad=0):
@@ -203,6 +204,7 @@ class Convolution:
         self.col_W = None
         self.dW = None
         self.db = None
+        self.need_dx = True
 
     def forward(self, x):
         x = v._as_array(x, "x")
@@ -228,6 +230,8 @@ class Convolution:
         col = self.col.astype(work, copy=False)
         self.db = v.as_result(np.sum(d, axis=0), out_dtype)
         self.dW = v.as_result(np.dot(col.T, d).T.reshape(fn, c, fh, fw), out_dtype)
+        if not self.need_dx:
+            return None
         dcol = np.dot(d, np.asarray(W, dtype=work).reshape(fn, -1))
         dx = col2im(dcol, self.x.shape, fh, fw, stride, pad)
         return v.as_result(dx, out_dtype)
@@ -283,5 +287,6 @@ class Pooling:
         d = np.asarray(dout, dtype=work).transpose(0, 2, 3, 1).reshape(-1)
         dwindows = np.zeros((d.size, ph * pw), dtype=work)
         dwindows[np.arange(d.size), self.arg_max] = d
-        dx = col2im(dwindows.reshape(n * oh * ow, c * ph * pw), self.x.shape, ph, pw, stride, pad)
+        dwindows = dwindows.reshape(n * oh * ow, c * ph * pw)
+        dx = col2im(dwindows, self.x.shape, ph, pw, stride, pad)
         return v.as_result(dx, out_dtype)
