@@ -5,7 +5,6 @@ batch of more channels (256x32x28x28, 2x2, stride 2), ``large`` (``FASTBP_BENCH_
 overlapping 3x3 windows with stride 2 and pad 1 on 256x64x56x56.
 """
 
-
 from fastbp.nets import layer_module
 
 from . import _LayerTimings, rng, torch_or_skip
