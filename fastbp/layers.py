@@ -314,6 +314,16 @@ def _images_per_chunk(rows, p, dtype):
 _image_threads = None
 
 
+def _forget_image_threads():
+    """In a forked child the pool's threads do not exist: start a new pool when needed."""
+    global _image_threads
+    _image_threads = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_image_threads)
+
+
 def _over_images(images, n, size, flops_per_image):
     """Run ``images(lo, hi, serial)`` over the images ``[0, n)``: at once, or split into
     contiguous ranges on threads (the kernels' rule, :func:`fastbp.kernels.jit.threads_for`).
