@@ -96,6 +96,35 @@ def as_result(y, out_dtype):
     return y if y.dtype == out_dtype else y.astype(out_dtype)
 
 
+def call_key(*arrays):
+    """The key of a call whose operands are used as they are, or ``None``.
+
+    The key is the operands' dtype and shapes, given when every operand is an ``ndarray``
+    (not a subclass) that is C-contiguous, and all share one dtype, float32 or float64: then
+    no check or conversion here changes them, and every check depends on the shapes and the
+    dtype alone (label values excepted). A layer keeps the key of a call it has checked, and
+    skips the checks for a later call that :func:`same_call` finds alike.
+    """
+    dtype = getattr(arrays[0], "dtype", None)
+    if dtype not in COMPUTE_DTYPES:
+        return None
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype is not dtype or not a.flags.c_contiguous:
+            return None
+    return dtype, tuple(a.shape for a in arrays)
+
+
+def same_call(key, *arrays):
+    """True when ``arrays`` are C-contiguous ``ndarray`` s of the dtype and shapes of ``key``
+    (from :func:`call_key`), so that they pass every check unchanged, as that call's did."""
+    dtype, shapes = key
+    for a, shape in zip(arrays, shapes, strict=True):
+        if (type(a) is not np.ndarray or a.dtype is not dtype or a.shape != shape
+                or not a.flags.c_contiguous):
+            return False
+    return True
+
+
 def gradient_for(dout, shape, layer):
     """Check that ``dout`` broadcasts to ``shape``, the shape of the layer's forward output."""
     arr = _as_array(dout, "dout")

@@ -149,9 +149,13 @@ compute every element with the same code, so this never changes a result.
 _loadavg_fd = None
 
 
-def idle_cores():
+def idle_cores(ours=0):
     """Cores that no task but the caller is running on now (``os.cpu_count()`` minus the
-    running tasks in ``/proc/loadavg``, the caller included). ``None`` where it can't be read."""
+    running tasks in ``/proc/loadavg``, the caller included). ``None`` where it can't be read.
+
+    ``ours``: running tasks that are the caller's own helpers and would take the work (BLAS
+    workers spinning after a product), counted as idle; the result is at most ``cpus - 1``.
+    """
     global _loadavg_fd
     try:
         if _loadavg_fd is None:
@@ -159,7 +163,8 @@ def idle_cores():
         running = int(os.pread(_loadavg_fd, 128, 0).split()[3].split(b"/")[0])
     except (OSError, ValueError, IndexError):
         return None
-    return max(0, (os.cpu_count() or 1) - running)
+    cpus = os.cpu_count() or 1
+    return max(0, min(cpus - 1, cpus - running + ours))
 
 
 _POOL_READY = False
