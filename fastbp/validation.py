@@ -259,6 +259,21 @@ def targets(t, x_shape):
     return "probs", t
 
 
+_INTP = np.dtype(np.intp)
+_UINTP = np.dtype(np.uintp)
+
+
+def labels_in_range(t, x_shape):
+    """``t`` when it is an ``intp`` ``ndarray`` of N labels that all lie in [0, C), for logits
+    of shape ``x_shape`` (N, C) with N > 0: what :func:`targets` would return unchanged.
+    ``None`` otherwise; :func:`targets` then converts it, or says what is wrong."""
+    n, c = x_shape
+    if type(t) is not np.ndarray or t.dtype != _INTP or t.shape != (n,) or not n:
+        return None
+    # One pass: a negative label read as unsigned is larger than any class count.
+    return t if t.view(_UINTP).max() < c else None
+
+
 def loss_gradient_scale(dout):
     """``dout`` of a loss layer must be a scalar (the book passes 1)."""
     arr = _as_array(dout, "dout")
