@@ -3,8 +3,8 @@
 Every case is timed in one process with the backends interleaved (reference, kernel, torch,
 reference, kernel, torch, ...), so that a machine whose load changes hurts them alike; the
 printed time is the median over the repeats. A case is one forward and one backward through
-the layer object, as a user calls them, or one step of the book's ``TwoLayerNet`` (batch 100,
-784-50-10, SGD with in-place updates).
+the layer object, as a user calls them, or one training step of the book's ``TwoLayerNet``
+(batch 100, 784-50-10, SGD with in-place updates) as ``fastbp train`` runs it.
 
 Ratios: ``ref/kernel`` and ``torch/kernel`` (above 1: the kernels are faster). ``roofline`` is the
 kernel alone (outputs allocated once, so no page faults) against this machine's measured limit:
@@ -83,8 +83,32 @@ def _layer_case(name, module, size, dtype, rng):
 
 
 def training_step(backend, size, dtype, seed=1):
-    """One SGD step of the book's net (:class:`fastbp.nets.TwoLayerNet`, built on ``backend``,
-    "kernel" or "reference") on a fixed batch: ``params[k] -= lr * grads[k]``, as the book."""
+    """One SGD step of the book's net as fastbp runs it (``fastbp train``) on a fixed batch:
+    :class:`fastbp.nets.TwoLayerNet` and :class:`fastbp.optim.SGD`, both on ``backend``
+    ("kernel" or "reference"; the reference's update is the book's ``params[k] -= lr * grads[k]``,
+    the kernels' a fused in-place pass with the same bits)."""
+    import numpy as np
+
+    from fastbp.nets import TwoLayerNet
+    from fastbp.optim import SGD
+
+    n, d_in, hidden, classes = size
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, d_in)).astype(dtype)
+    t = rng.integers(0, classes, n)
+    net = TwoLayerNet(d_in, hidden, classes, backend=backend, rng=0, dtype=dtype)
+    optimizer = SGD(lr=0.1, backend=backend)
+
+    def run():
+        optimizer.update(net.params, net.gradient(x, t))
+    return run
+
+
+def book_training_step(backend, size, dtype, seed=1):
+    """One SGD step of the book's own ``TwoLayerNet`` code on ``backend``'s layers: what a
+    drop-in user runs. The net is built as the book builds it (:class:`fastbp.nets.TwoLayerNet`
+    has the book's ``params`` and ``layers``), and ``gradient`` is the book's loop, which calls
+    every layer's ``backward``, the first layer's ``dx`` included."""
     import numpy as np
 
     from fastbp.nets import TwoLayerNet
@@ -96,8 +120,18 @@ def training_step(backend, size, dtype, seed=1):
     net = TwoLayerNet(d_in, hidden, classes, backend=backend, rng=0, dtype=dtype)
     lr = np.dtype(dtype).type(0.1)
 
+    def gradient(x, t):  # ch05/two_layer_net.py
+        net.loss(x, t)
+        dout = net.lastLayer.backward(1)
+        for layer in reversed(list(net.layers.values())):
+            dout = layer.backward(dout)
+        grads = {}
+        grads["W1"], grads["b1"] = net.layers["Affine1"].dW, net.layers["Affine1"].db
+        grads["W2"], grads["b2"] = net.layers["Affine2"].dW, net.layers["Affine2"].db
+        return grads
+
     def run():
-        grads = net.gradient(x, t)
+        grads = gradient(x, t)
         for key in ("W1", "b1", "W2", "b2"):
             net.params[key] -= lr * grads[key]
     return run

@@ -78,11 +78,11 @@ def add_arguments(parser):
                         help="save the loss and accuracy curves (needs matplotlib)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON line with the results at the end")
-    parser.add_argument("--blas-threads", type=int, default=1, metavar="N",
-                        help="BLAS threads while training (default 1: mini-batch products are "
-                             "too small to gain from threads, and on a busy machine threads "
-                             "that wait for each other cost milliseconds a step; 0 leaves "
-                             "BLAS as it is; needs threadpoolctl, which scikit-learn brings)")
+    parser.add_argument("--blas-threads", type=int, default=0, metavar="N",
+                        help="at most N BLAS threads while training (default 0: BLAS's own "
+                             "count, OPENBLAS_NUM_THREADS or all cores; the kernel backend "
+                             "gives each product the idle cores up to that count, the "
+                             "reference runs NumPy's products as they come)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (it is shown on a terminal when tqdm is installed)")
 
@@ -242,14 +242,11 @@ def _progress_bar(total, disable):
 
 
 def _blas_limit(threads):
-    """A context manager that limits BLAS to ``threads`` threads, where threadpoolctl is there."""
+    """A context manager that limits BLAS to ``threads`` threads (0: no limit)."""
     if threads > 0:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            pass
-        else:
-            return threadpool_limits(limits=threads, user_api="blas")
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(limits=threads, user_api="blas")
     return contextlib.nullcontext()
 
 

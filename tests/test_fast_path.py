@@ -94,7 +94,7 @@ DOUTS = {
 
 @pytest.mark.parametrize("case", list(DOUTS))
 def test_affine_backward_after_warm_up_acts_as_a_fresh_layer(case):
-    warm, fresh, x = affine_pair()
+    warm, fresh, _ = affine_pair()
     d = DOUTS[case]
     assert outcome(lambda: (warm.backward(d), warm.dW, warm.db)) == \
         outcome(lambda: (checked(fresh).backward(d), fresh.dW, fresh.db))

@@ -1,0 +1,167 @@
+"""The chapter-5 step's targets in one run (not an asv benchmark: run it by hand).
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.step_targets
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.step_targets --load 1
+
+From the repository root. ``--load N`` keeps N background processes busy (one core each)
+while it measures. It prints:
+
+* the training step (batch 100) at 784-50-10 and 64-100-10, float64 and float32, timed
+  interleaved in one process: ``fastbp.nets.TwoLayerNet`` on the reference and on the kernels
+  (the reference on BLAS's default threads), the book's own ``TwoLayerNet`` code on
+  ``fastbp.reference.layers`` and on ``fastbp.layers`` (the drop-in case), and PyTorch eager
+  where it is installed; with the ratios the targets name;
+* ``fastbp train --compare`` on the digits (steps/s ratio);
+* the warm-cache start: a fresh interpreter imports fastbp and runs one forward and one
+  backward of every chapter-5 layer (the numba cache filled first); and whether
+  ``import fastbp`` starts a thread or numba's pool;
+* with ``--blas``: how much faster each product of the step runs on 2..N BLAS threads than on
+  one (where a second thread starts to pay, for :data:`fastbp.threads.PRODUCT_THREADS_MIN_FLOPS`).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+SHAPES = {"784-50-10": (100, 784, 50, 10), "64-100-10": (100, 64, 100, 10)}
+
+IMPORT_CHECK = """
+import os, numpy
+before = len(os.listdir("/proc/self/task"))
+import fastbp
+from numba.np.ufunc import parallel
+print(len(os.listdir("/proc/self/task")) - before, parallel._is_initialized,
+      "threadpoolctl" in __import__("sys").modules)
+"""
+
+
+def steps(target):
+    import numpy as np
+
+    from fastbp.bench import (
+        _torch_available,
+        _torch_case,
+        book_training_step,
+        time_interleaved,
+        training_step,
+    )
+
+    rows = []
+    for dtype in ("float64", "float32"):
+        for name, size in SHAPES.items():
+            cases = {"ref net": training_step("reference", size, dtype),
+                     "kernel net": training_step("kernel", size, dtype),
+                     "book on ref": book_training_step("reference", size, dtype),
+                     "book on kernel": book_training_step("kernel", size, dtype)}
+            if _torch_available():
+                cases["torch"] = _torch_case("step", size, np.dtype(dtype),
+                                             np.random.default_rng(0))
+            times = dict(zip(cases, time_interleaved(list(cases.values()), target=target),
+                             strict=True))
+            row = {"dtype": dtype, "shape": name,
+                   "us": {k: round(v * 1e6, 1) for k, v in times.items()},
+                   "net ref/kernel": times["ref net"] / times["kernel net"],
+                   "book ref/kernel": times["book on ref"] / times["book on kernel"]}
+            if "torch" in times:
+                row["torch/kernel net"] = times["torch"] / times["kernel net"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def train_compare():
+    out = subprocess.run([sys.executable, "-m", "fastbp", "train", "--compare", "--json",
+                          "--no-progress", "--epochs", "40"], capture_output=True, text=True)
+    if out.returncode not in (0, 1):
+        print(out.stderr)
+        return None
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"fastbp train --compare: {result['speedup']:.2f}x steps/s "
+          f"(accuracies match: {result['accuracies_match']})", flush=True)
+    return result["speedup"]
+
+
+def warm_start(repeats=5):
+    from .bench_compile import FIRST_USE
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=tempfile.mkdtemp(prefix="fastbp-targets-"))
+    seconds = {}
+    for dtype in ("float64", "float32"):
+        code = FIRST_USE.format(dtype=dtype)
+        subprocess.run([sys.executable, "-c", code], env=env, check=True)  # fills the cache
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], env=env, check=True)
+            runs.append(time.perf_counter() - t0)
+        seconds[dtype] = statistics.median(runs)
+    check = subprocess.run([sys.executable, "-c", IMPORT_CHECK], env=env, check=True,
+                           capture_output=True, text=True).stdout.split()
+    print(f"warm-cache start (median of {repeats}): "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items())
+          + f"; import fastbp: {check[0]} new threads, numba pool started: {check[1]}, "
+          f"threadpoolctl imported: {check[2]}", flush=True)
+    return seconds
+
+
+def blas_gain():
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from fastbp.bench import time_interleaved
+
+    most = os.cpu_count() or 1
+    counts = sorted({1, 2, most} & set(range(1, most + 1)))
+    rng = np.random.default_rng(0)
+    shapes = [(100, 64, 100), (100, 100, 10), (100, 200, 50), (100, 784, 50), (100, 50, 784),
+              (784, 100, 50), (256, 256, 256), (256, 1024, 1000)]
+    print("product m x k x n: time on 1 thread, and speed-up on " + ", ".join(map(str, counts)))
+    for dtype in ("float64", "float32"):
+        for m, k, n in shapes:
+            a = rng.standard_normal((m, k)).astype(dtype)
+            b = rng.standard_normal((k, n)).astype(dtype)
+            out = np.empty((m, n), dtype=dtype)
+
+            def on(count, a=a, b=b, out=out):
+                def run():
+                    with threadpool_limits(count, user_api="blas"):
+                        for _ in range(20):
+                            np.dot(a, b, out=out)
+                return run
+            times = time_interleaved([on(c) for c in counts], target=0.2)
+            gains = " ".join(f"{times[0] / t:5.2f}x" for t in times)
+            print(f"{dtype} {m:>4}x{k:>4}x{n:>4} ({2 * m * n * k / 1e6:7.1f} MFLOP): "
+                  f"{times[0] / 20 * 1e6:9.1f} us  {gains}", flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_targets")
+    parser.add_argument("--load", type=int, default=0, metavar="N",
+                        help="busy background processes during the run (default 0)")
+    parser.add_argument("--time", type=float, default=0.5,
+                        help="seconds per case and backend (default 0.5)")
+    parser.add_argument("--blas", action="store_true", help="also the BLAS thread gain table")
+    args = parser.parse_args(argv)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(args.load)]
+    try:
+        print(f"{os.cpu_count()} cores, {args.load} busy background processes, "
+              f"load average {os.getloadavg()[0]:.2f}", flush=True)
+        steps(args.time)
+        train_compare()
+        warm_start()
+        if args.blas:
+            blas_gain()
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+
+
+if __name__ == "__main__":
+    main()
