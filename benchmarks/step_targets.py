@@ -16,7 +16,10 @@ while it measures. It prints:
   backward of every chapter-5 layer (the numba cache filled first); and whether
   ``import fastbp`` starts a thread or numba's pool;
 * with ``--blas``: how much faster each product of the step runs on 2..N BLAS threads than on
-  one (where a second thread starts to pay, for :data:`fastbp.threads.PRODUCT_THREADS_MIN_FLOPS`).
+  one (where a second thread starts to pay, for :data:`fastbp.threads.PRODUCT_THREADS_MIN_FLOPS`);
+* with ``--per-call``: the layers' cost per call at small sizes, with the fast path and with
+  every check (thread CPU time, the least of many short runs), and the cost of reading the load
+  and of changing BLAS's count.
 """
 
 import argparse
@@ -139,6 +142,79 @@ def blas_gain():
                   f"{times[0] / 20 * 1e6:9.1f} us  {gains}", flush=True)
 
 
+def _per_call_us(f, inner=200, repeats=100):
+    """The least thread CPU time per call over ``repeats`` short runs (robust to load)."""
+    for _ in range(5):
+        f()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.thread_time_ns()
+        for _ in range(inner):
+            f()
+        best = min(best, (time.thread_time_ns() - t0) / inner)
+    return best / 1e3
+
+
+def per_call():
+    """The checks a call alike the previous one skips, and what a BLAS count change costs."""
+    import ctypes
+
+    import numpy as np
+
+    from fastbp import layers, threads
+    from fastbp.kernels import jit
+
+    def forgetting(layer, call, *keys):
+        def run():
+            for key in keys:
+                setattr(layer, key, None)
+            call()
+        return run
+
+    rng = np.random.default_rng(0)
+    for dtype in ("float64", "float32"):
+        for n, d, h in ((1, 4, 3), (100, 50, 10)):
+            x = rng.standard_normal((n, d)).astype(dtype)
+            a = layers.Affine(rng.standard_normal((d, h)).astype(dtype), np.zeros(h, dtype))
+            dout = np.ones((n, h), dtype)
+            a.forward(x)
+            cases = {"forward": (lambda a=a, x=x: a.forward(x), "_forward_key"),
+                     "backward": (lambda a=a, dout=dout: a.backward(dout), "_backward_key")}
+            for name, (call, key) in cases.items():
+                fast, checked = _per_call_us(call), _per_call_us(forgetting(a, call, key))
+                print(f"{dtype} Affine {n}x{d}x{h} {name}: {fast:.2f} us, with every check "
+                      f"{checked:.2f} us", flush=True)
+        loss = layers.SoftmaxWithLoss()
+        logits = rng.standard_normal((100, 10)).astype(dtype)
+        labels = rng.integers(0, 10, 100)
+
+        def call(loss=loss, logits=logits, labels=labels):
+            loss.forward(logits, labels)
+        print(f"{dtype} SoftmaxWithLoss 100x10 forward: {_per_call_us(call):.2f} us, with every "
+              f"check {_per_call_us(forgetting(loss, call, '_key')):.2f} us", flush=True)
+    blas = threads._find_blas()
+    print(f"idle_cores(): {_per_call_us(jit.idle_cores):.2f} us", flush=True)
+    if blas.lib is None:
+        return
+    lib = blas.lib
+    n = lib.get_num_threads()
+    # the ctypes function threadpoolctl found (a private method: for this comparison only)
+    raw_set = getattr(lib, "_get_symbol", lambda name: None)("openblas_set_num_threads")
+    tpc = _per_call_us(lambda: (lib.set_num_threads(1), lib.set_num_threads(n)))
+    raw = (_per_call_us(lambda: (raw_set(ctypes.c_int(1)), raw_set(ctypes.c_int(n))))
+           if raw_set is not None else float("nan"))
+    print(f"threadpoolctl get_num_threads: {_per_call_us(lib.get_num_threads):.2f} us; set 1 "
+          f"then back: {tpc:.2f} us through threadpoolctl, {raw:.2f} us through ctypes",
+          flush=True)
+    big = threads.PRODUCT_THREADS_MIN_FLOPS
+
+    def block():
+        with threads.ProductThreads(big):
+            pass
+    print(f"ProductThreads block around a product: {_per_call_us(block):.2f} us "
+          f"(load now: {jit.idle_cores()} idle cores)", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.step_targets")
     parser.add_argument("--load", type=int, default=0, metavar="N",
@@ -146,6 +222,8 @@ def main(argv=None):
     parser.add_argument("--time", type=float, default=0.5,
                         help="seconds per case and backend (default 0.5)")
     parser.add_argument("--blas", action="store_true", help="also the BLAS thread gain table")
+    parser.add_argument("--per-call", action="store_true",
+                        help="also the layers' per-call cost, with and without the checks")
     args = parser.parse_args(argv)
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
             for _ in range(args.load)]
@@ -157,6 +235,8 @@ def main(argv=None):
         warm_start()
         if args.blas:
             blas_gain()
+        if args.per_call:
+            per_call()
     finally:
         for p in busy:
             p.kill()
