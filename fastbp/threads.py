@@ -114,8 +114,8 @@ def threads(n):
 PRODUCT_THREADS_MIN_FLOPS = 1 << 19
 """Products of fewer floating-point operations (``2 m n k``) leave BLAS alone: OpenBLAS runs
 products of ``m n k <= 2**18`` on one thread by itself. Larger products get one BLAS thread
-plus one per idle core, up to your count. ``benchmarks/bench_blas_threads.py`` measures where a
-second thread starts to pay on a machine (run it on an idle one)."""
+plus one per idle core, up to your count. ``python -m benchmarks.step_targets --blas`` measures
+where a second thread starts to pay on a machine (run it on an idle one)."""
 
 _blas = None
 """The :class:`_BlasLibrary` of NumPy's BLAS, looked for at the first product that needs it."""
@@ -129,19 +129,15 @@ _blas_saved = 0
 def _openblas_spin_seconds():
     """A lower bound on how long OpenBLAS's pthreads workers spin after their last job.
 
-    They spin ``2**t`` cycles of the time-stamp counter (``t`` = ``OPENBLAS_THREAD_TIMEOUT``, or
-    ``GOTO_THREAD_TIMEOUT``, clamped to 4..30; 28 by default: about 0.1 s) before they sleep.
-    Half that time at a 5 GHz counter is short of it on any machine.
+    They spin ``2**t`` cycles of the time-stamp counter before they sleep: ``t`` is
+    ``OPENBLAS_THREAD_TIMEOUT`` clamped to 4..30 where it is set, else 28 (about 0.1 s; the spin
+    was seen to last 50-100 ms here). Half of it at a 5 GHz counter is short of it anywhere.
     """
-    timeout = 28
-    for name in ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT"):
-        try:
-            value = int(os.environ.get(name, ""))
-        except ValueError:
-            continue
-        if value > 0:
-            timeout = min(max(value, 4), 30)
-            break
+    try:
+        timeout = int(os.environ.get("OPENBLAS_THREAD_TIMEOUT", ""))
+    except ValueError:
+        timeout = 0
+    timeout = min(max(timeout, 4), 30) if timeout > 0 else 28
     return (1 << timeout) / 5e9 / 2
 
 

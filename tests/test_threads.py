@@ -289,3 +289,13 @@ def test_kernel_below_threshold_never_reads_load(monkeypatch):
     monkeypatch.setattr(jit, "idle_cores", fail)
     x = np.ones(100)
     activations.relu_forward(x, np.empty_like(x), np.empty(100, dtype=bool))
+
+
+@pytest.mark.parametrize(("value", "timeout"), [(None, 28), ("", 28), ("junk", 28), ("0", 28),
+                                                ("-3", 28), ("1", 4), ("20", 20), ("99", 30)])
+def test_openblas_spin_window_follows_its_timeout(monkeypatch, value, timeout):
+    if value is None:
+        monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", value)
+    assert threads._openblas_spin_seconds() == (1 << timeout) / 5e9 / 2
