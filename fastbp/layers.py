@@ -212,8 +212,8 @@ class SoftmaxWithLoss:
     def backward(self, dout=1):
         v.require_forward(self.y, "SoftmaxWithLoss")
         y = self._y
-        value = dout if type(dout) is int else v.loss_gradient_scale(dout)  # the book's 1
-        scale = y.dtype.type(value / max(y.shape[0], 1))
+        one = type(dout) is int and dout == 1  # the book's call, checked without NumPy
+        scale = y.dtype.type((1 if one else v.loss_gradient_scale(dout)) / max(y.shape[0], 1))
         dx = np.empty_like(y)
         if self._kind == "labels":
             softmax.softmax_cross_entropy_labels_backward(y, self._target, scale, dx)

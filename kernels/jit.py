@@ -160,8 +160,8 @@ def idle_cores(ours=0):
     global _loadavg_fd, _cpus
     try:
         if _loadavg_fd is None:
+            _cpus = os.cpu_count() or 1  # first: another thread may read it once fd is set
             _loadavg_fd = os.open("/proc/loadavg", os.O_RDONLY)
-            _cpus = os.cpu_count() or 1
         running = int(os.pread(_loadavg_fd, 128, 0).split()[3].split(b"/")[0])
     except (OSError, ValueError, IndexError):
         return None
