@@ -3,8 +3,8 @@
 Every case is timed in one process with the backends interleaved (reference, kernel, torch,
 reference, kernel, torch, ...), so that a machine whose load changes hurts them alike; the
 printed time is the median over the repeats. A case is one forward and one backward through
-the layer object, as a user calls them, or one step of the book's ``TwoLayerNet`` (batch 100,
-784-50-10, SGD with in-place updates).
+the layer object, as a user calls them, or one training step of the book's ``TwoLayerNet``
+(batch 100, 784-50-10, SGD with in-place updates) as ``fastbp train`` runs it.
 
 Ratios: ``ref/kernel`` and ``torch/kernel`` (above 1: the kernels are faster). ``roofline`` is the
 kernel alone (outputs allocated once, so no page faults) against this machine's measured limit:
@@ -116,8 +116,32 @@ def _layer_case(name, module, size, dtype, rng):
 
 
 def training_step(backend, size, dtype, seed=1):
-    """One SGD step of the book's net (:class:`fastbp.nets.TwoLayerNet`, built on ``backend``,
-    "kernel" or "reference") on a fixed batch: ``params[k] -= lr * grads[k]``, as the book."""
+    """One SGD step of the book's net as fastbp runs it (``fastbp train``) on a fixed batch:
+    :class:`fastbp.nets.TwoLayerNet` and :class:`fastbp.optim.SGD`, both on ``backend``
+    ("kernel" or "reference"; the reference's update is the book's ``params[k] -= lr * grads[k]``,
+    the kernels' a fused in-place pass with the same bits)."""
+    import numpy as np
+
+    from fastbp.nets import TwoLayerNet
+    from fastbp.optim import SGD
+
+    n, d_in, hidden, classes = size
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, d_in)).astype(dtype)
+    t = rng.integers(0, classes, n)
+    net = TwoLayerNet(d_in, hidden, classes, backend=backend, rng=0, dtype=dtype)
+    optimizer = SGD(lr=0.1, backend=backend)
+
+    def run():
+        optimizer.update(net.params, net.gradient(x, t))
+    return run
+
+
+def book_training_step(backend, size, dtype, seed=1):
+    """One SGD step of the book's own ``TwoLayerNet`` code on ``backend``'s layers: what a
+    drop-in user runs. The net is built as the book builds it (:class:`fastbp.nets.TwoLayerNet`
+    has the book's ``params`` and ``layers``), and ``gradient`` is the book's loop, which calls
+    every layer's ``backward``, the first layer's ``dx`` included."""
     import numpy as np
 
     from fastbp.nets import TwoLayerNet
@@ -129,8 +153,18 @@ def training_step(backend, size, dtype, seed=1):
     net = TwoLayerNet(d_in, hidden, classes, backend=backend, rng=0, dtype=dtype)
     lr = np.dtype(dtype).type(0.1)
 
+    def gradient(x, t):  # ch05/two_layer_net.py
+        net.loss(x, t)
+        dout = net.lastLayer.backward(1)
+        for layer in reversed(list(net.layers.values())):
+            dout = layer.backward(dout)
+        grads = {}
+        grads["W1"], grads["b1"] = net.layers["Affine1"].dW, net.layers["Affine1"].db
+        grads["W2"], grads["b2"] = net.layers["Affine2"].dW, net.layers["Affine2"].db
+        return grads
+
     def run():
-        grads = net.gradient(x, t)
+        grads = gradient(x, t)
         for key in ("W1", "b1", "W2", "b2"):
             net.params[key] -= lr * grads[key]
     return run
@@ -308,7 +342,7 @@ def _kernel_roofline(name, size, dtype, bandwidth, rng):
 
 
 def _gemm_rate(size, dtype, rng):
-    from fastbp.threads import product_threads
+    from fastbp.threads import ProductThreads
 
     n, d_in, h = size
     x = rng.standard_normal((n, d_in)).astype(dtype)
@@ -316,9 +350,9 @@ def _gemm_rate(size, dtype, rng):
     d = rng.standard_normal((n, h)).astype(dtype)
 
     def products():  # on the BLAS thread count the Affine layer gives them
-        with product_threads(2 * n * d_in * h):
+        with ProductThreads(2 * n * d_in * h):
             x @ W
-        with product_threads(4 * n * d_in * h):
+        with ProductThreads(2 * n * d_in * h):
             d @ W.T
             x.T @ d
     (t,) = time_interleaved([products], target=0.1)
@@ -560,7 +594,7 @@ def _load_text(load):
 def _run(args, sizes, cases, dtypes, use_torch, blas_threads):
     import numpy as np
 
-    from fastbp.threads import SMALL_PRODUCT_FLOPS
+    from fastbp.threads import PRODUCT_THREADS_MIN_FLOPS
 
     load_start = _load_average()
     started = time.perf_counter()
@@ -579,8 +613,8 @@ def _run(args, sizes, cases, dtypes, use_torch, blas_threads):
                       if use_torch else "(not installed or --no-torch)")
         print(f"fastbp {env['fastbp']}  numpy {env['numpy']}  numba {env['numba']}  "
               f"torch {torch_text}")
-        print(f"{_blas_text(env)}; kernel Affine's products under "
-              f"{SMALL_PRODUCT_FLOPS / 1e6:.0f} MFLOP on 1 BLAS thread")
+        print(f"{_blas_text(env)}; kernel products from "
+              f"{PRODUCT_THREADS_MIN_FLOPS / 1e6:.1f} MFLOP on 1 + idle cores' BLAS threads")
         print(f"kernel threads {env['kernel_threads']} (adapt to load: {env['adapt_to_load']}, "
               f"idle cores now: {env['idle_cores']})  stream bandwidth "
               f"{bandwidth / 1e9:.1f} GB/s")

@@ -16,7 +16,7 @@ from fastbp import validation as v
 from fastbp.functions import sigmoid_parts
 from fastbp.kernels import activations, affine, conv, parallel, pool, softmax
 from fastbp.reference.layers import AddLayer, MulLayer
-from fastbp.threads import SMALL_PRODUCT_FLOPS, product_threads
+from fastbp.threads import ProductThreads
 
 __all__ = ["AddLayer", "Affine", "Convolution", "MulLayer", "Pooling", "Relu", "Sigmoid",
            "SoftmaxWithLoss"]
@@ -96,8 +96,10 @@ class Affine:
 
     ``W`` and ``b`` are kept by reference and read on every call, so in-place optimizer updates
     and reassignment (``layer.W = ...``) are both seen. The products run in BLAS, on the thread
-    count :class:`fastbp.threads.product_threads` picks; the bias add and ``db`` are kernels.
-    ``backward`` returns ``dx`` in the input's shape and sets ``dW`` and ``db``.
+    count :class:`fastbp.threads.ProductThreads` picks; the bias add and ``db`` are kernels.
+    ``backward`` returns ``dx`` in the input's shape and sets ``dW`` and ``db``. A call whose
+    arrays have the shapes and dtype of the previous call, and are C-contiguous ``ndarray`` s,
+    skips the checks, which it would pass unchanged (:func:`fastbp.validation.same_call`).
     """
 
     def __init__(self, W, b):
@@ -108,13 +110,21 @@ class Affine:
         self._x_dtype = None
         self.dW = None
         self.db = None
+        self._forward_key = None
+        self._backward_key = None
 
     def forward(self, x):
-        x, xc, Wc, bc, out_dtype = v.affine_inputs(x, self.W, self.b)
+        if self._forward_key is not None and v.same_call(self._forward_key, x, self.W, self.b):
+            xc, Wc, bc, out_dtype = x, self.W, self.b, x.dtype
+            if xc.ndim != 2:
+                xc = xc.reshape(xc.shape[0], Wc.shape[0])
+        else:
+            x, xc, Wc, bc, out_dtype = v.affine_inputs(x, self.W, self.b)
+            self._forward_key = v.call_key(x, self.W, self.b)
         self.original_x_shape, self.x = x.shape, xc
         self._x_dtype = x.dtype  # xc may be float32 for float16 x: backward casts back to this
         out = np.empty((xc.shape[0], Wc.shape[1]), dtype=xc.dtype)
-        with product_threads(2 * xc.shape[0] * xc.shape[1] * Wc.shape[1]):
+        with ProductThreads(2 * xc.shape[0] * xc.shape[1] * Wc.shape[1]):
             np.dot(xc, Wc, out=out)
         row = _bias_row(bc, out.shape[1])
         if row is None:  # a bias with a batch axis: plain broadcasting
@@ -124,20 +134,38 @@ class Affine:
         return v.as_result(out, out_dtype)
 
     def backward(self, dout):
+        dx, out_dtype = self._backward(dout, need_dx=True)
+        return v.as_result(dx, out_dtype).reshape(self.original_x_shape)
+
+    def _backward_params(self, dout):
+        """``backward`` without ``dx``: sets ``dW`` and ``db`` only, and returns None.
+
+        For networks, which never read their first layer's ``dx`` (a third of the products
+        of a two-layer step); a drop-in caller uses ``backward``.
+        """
+        self._backward(dout, need_dx=False)
+
+    def _backward(self, dout, need_dx):
         v.require_forward(self.x, "Affine")
-        W = v._as_array(self.W, "W")
-        dout = v.gradient_for(dout, (self.x.shape[0], W.shape[1]), "Affine")
-        out_dtype = v.result_dtype(dout, W, self._x_dtype)
-        (d, Wc, xc), _ = v.float_inputs(("dout", "W", "x"), dout, W, self.x,
-                                                contiguous=True)
+        W = self.W
+        if (self._backward_key is not None and self._x_dtype == self.x.dtype
+                and v.same_call(self._backward_key, dout, W, self.x)):
+            d, Wc, xc, out_dtype = dout, W, self.x, dout.dtype
+        else:
+            W = v._as_array(W, "W")
+            dout = v.gradient_for(dout, (self.x.shape[0], W.shape[1]), "Affine")
+            out_dtype = v.result_dtype(dout, W, self._x_dtype)
+            (d, Wc, xc), _ = v.float_inputs(("dout", "W", "x"), dout, W, self.x,
+                                            contiguous=True)
+            self._backward_key = v.call_key(dout, self.W, self.x)
         db = np.empty(d.shape[1], dtype=d.dtype)
         affine.column_sum(d, db)  # before the products: BLAS's threads spin for a while after
-        with product_threads(4 * xc.shape[0] * xc.shape[1] * Wc.shape[1]):
-            dx = np.dot(d, Wc.T)
+        with ProductThreads(2 * xc.shape[0] * xc.shape[1] * Wc.shape[1]):  # each product's
+            dx = np.dot(d, Wc.T) if need_dx else None
             dW = np.dot(xc.T, d)
         self.dW = v.as_result(dW, out_dtype)
         self.db = v.as_result(db, out_dtype)
-        return v.as_result(dx, out_dtype).reshape(self.original_x_shape)
+        return dx, out_dtype
 
 
 class SoftmaxWithLoss:
@@ -147,7 +175,9 @@ class SoftmaxWithLoss:
     logits (N, C) or (C,), and integer labels (N,) or (N, 1) in any integer dtype, or
     probability/one-hot targets (N, C). It returns the mean loss. ``y`` holds the softmax
     probabilities, ``t`` the targets as given, ``loss`` the loss. ``backward(dout=1)`` scales
-    the gradient by ``dout``.
+    the gradient by ``dout``. Logits of the previous call's shape and dtype, C-contiguous, with
+    ``intp`` labels (N,) skip the checks they would pass unchanged; the labels' range is
+    checked on every call.
     """
 
     def __init__(self):
@@ -158,13 +188,21 @@ class SoftmaxWithLoss:
         # (N, C) array in the compute dtype, the input's shape and the result dtype
         self._kind = self._target = self._y = None
         self._x_shape = self._out_dtype = None
+        self._key = None  # the last checked call, for the fast path (validation.same_call)
 
     def forward(self, x, t):
-        xc, out_dtype = v.logits(x, contiguous=True)
-        x2, x_shape = v.logits_2d(xc)
-        if xc.ndim == 1:
-            t = np.reshape(t, (1, -1))
-        kind, target = v.targets(t, x2.shape)
+        target = None
+        if self._key is not None and v.same_call(self._key, x):
+            target = v.labels_in_range(t, x.shape)
+        if target is not None:
+            x2, x_shape, out_dtype, kind = x, x.shape, x.dtype, "labels"
+        else:
+            xc, out_dtype = v.logits(x, contiguous=True)
+            x2, x_shape = v.logits_2d(xc)
+            if xc.ndim == 1:
+                t = np.reshape(t, (1, -1))
+            kind, target = v.targets(t, x2.shape)
+            self._key = v.call_key(x) if np.ndim(x) == 2 else None
         self.t, self._x_shape = t, x_shape
         n = x2.shape[0]
         y = np.empty_like(x2)
@@ -182,7 +220,8 @@ class SoftmaxWithLoss:
     def backward(self, dout=1):
         v.require_forward(self.y, "SoftmaxWithLoss")
         y = self._y
-        scale = y.dtype.type(v.loss_gradient_scale(dout) / max(y.shape[0], 1))
+        one = type(dout) is int and dout == 1  # the book's call, checked without NumPy
+        scale = y.dtype.type((1 if one else v.loss_gradient_scale(dout)) / max(y.shape[0], 1))
         dx = np.empty_like(y)
         if self._kind == "labels":
             softmax.softmax_cross_entropy_labels_backward(y, self._target, scale, dx)
@@ -323,17 +362,25 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_image_threads)
 
 
+IMAGE_PRODUCT_FLOPS = 1 << 27
+"""Convolution's per-image products of at least this many floating-point operations (134 MFLOP,
+about 4 ms on one core) run one image at a time on BLAS's threads; smaller ones run on one BLAS
+thread each, with the images spread over the kernel threads."""
+
+
 def _over_images(images, n, size, flops_per_image):
     """Run ``images(lo, hi, serial)`` over the images ``[0, n)``: at once, or split into
     contiguous ranges on threads (the kernels' rule, :func:`fastbp.kernels.parallel.threads_for`).
 
     Each image is computed by the same code, with single-threaded products, whichever thread
     runs it, so the results do not depend on the thread count. Products of at least
-    :data:`fastbp.threads.SMALL_PRODUCT_FLOPS` run on BLAS's own threads instead.
+    :data:`IMAGE_PRODUCT_FLOPS` run one image at a time instead, on BLAS threads for the idle
+    cores (:class:`fastbp.threads.ProductThreads`).
     """
     global _image_threads
-    count = 1 if flops_per_image >= SMALL_PRODUCT_FLOPS else min(n, parallel.threads_for(size))
-    with product_threads(flops_per_image):
+    big = flops_per_image >= IMAGE_PRODUCT_FLOPS
+    count = 1 if big else min(n, parallel.threads_for(size))
+    with ProductThreads(flops_per_image, most=None if big else 1):
         if count < 2:
             images(0, n, False)
             return

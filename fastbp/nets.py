@@ -66,8 +66,20 @@ class _Net:
     def _backprop(self, x, t):
         self.loss(x, t)
         dout = self.last_layer.backward(1)
-        for layer in reversed(self.layers.values()):
+        layers = list(self.layers.values())
+        for layer in reversed(layers[1:]):
             dout = layer.backward(dout)
+        _backward_first(layers[0], dout)
+
+
+def _backward_first(layer, dout):
+    """The first layer's backward pass. Nobody reads its ``dx``, so a layer that can skip it
+    (a kernel ``Affine``: ``_backward_params``, which sets only ``dW`` and ``db``) does."""
+    skip_dx = getattr(layer, "_backward_params", None)
+    if skip_dx is None:
+        layer.backward(dout)
+    else:
+        skip_dx(dout)
 
 
 class TwoLayerNet(_Net):

@@ -92,11 +92,11 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true",
                         help="print the results as one JSON line on stdout, and nothing else "
                              "there (progress and summary go to stderr)")
-    parser.add_argument("--blas-threads", type=int, default=1, metavar="N",
-                        help="BLAS threads while training (default 1: mini-batch products are "
-                             "too small to gain from threads, and on a busy machine threads "
-                             "that wait for each other cost milliseconds a step; 0 leaves "
-                             "BLAS as it is; needs threadpoolctl, which scikit-learn brings)")
+    parser.add_argument("--blas-threads", type=int, default=0, metavar="N",
+                        help="at most N BLAS threads while training (default 0: BLAS's own "
+                             "count, OPENBLAS_NUM_THREADS or all cores; the kernel backend "
+                             "gives each product the idle cores up to that count, the "
+                             "reference runs NumPy's products as they come)")
     parser.add_argument("--progress", choices=PROGRESS, default="auto",
                         help="bar: a progress bar (tqdm) above a line per epoch; epochs: a "
                              "line per epoch; sparse: about ten epoch lines; quiet: none. "
@@ -308,14 +308,11 @@ def _epoch_shown(epoch, epochs, mode):
 
 
 def _blas_limit(threads):
-    """A context manager that limits BLAS to ``threads`` threads, where threadpoolctl is there."""
+    """A context manager that limits BLAS to ``threads`` threads (0: no limit)."""
     if threads > 0:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            pass
-        else:
-            return threadpool_limits(limits=threads, user_api="blas")
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(limits=threads, user_api="blas")
     return contextlib.nullcontext()
 
 

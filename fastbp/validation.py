@@ -107,6 +107,35 @@ def as_result(y, out_dtype):
     return y if y.dtype == out_dtype else y.astype(out_dtype)
 
 
+def call_key(*arrays):
+    """The key of a call whose operands are used as they are, or ``None``.
+
+    The key is the operands' dtype and shapes, given when every operand is an ``ndarray``
+    (not a subclass) that is C-contiguous, and all share one dtype, float32 or float64: then
+    no check or conversion here changes them, and every check depends on the shapes and the
+    dtype alone (label values excepted). A layer keeps the key of a call it has checked, and
+    skips the checks for a later call that :func:`same_call` finds alike.
+    """
+    dtype = getattr(arrays[0], "dtype", None)
+    if dtype not in COMPUTE_DTYPES:
+        return None
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype is not dtype or not a.flags.c_contiguous:
+            return None
+    return dtype, tuple(a.shape for a in arrays)
+
+
+def same_call(key, *arrays):
+    """True when ``arrays`` are C-contiguous ``ndarray`` s of the dtype and shapes of ``key``
+    (from :func:`call_key`), so that they pass every check unchanged, as that call's did."""
+    dtype, shapes = key
+    for a, shape in zip(arrays, shapes, strict=True):
+        if (type(a) is not np.ndarray or a.dtype is not dtype or a.shape != shape
+                or not a.flags.c_contiguous):
+            return False
+    return True
+
+
 def gradient_for(dout, shape, layer):
     """Check that ``dout`` broadcasts to ``shape``, the shape of the layer's forward output."""
     arr = _as_array(dout, "dout")
@@ -259,6 +288,21 @@ def targets(t, x_shape):
             f"probability targets need shape ({n}, {c})"
         )
     return "probs", t
+
+
+_INTP = np.dtype(np.intp)
+_UINTP = np.dtype(np.uintp)
+
+
+def labels_in_range(t, x_shape):
+    """``t`` when it is an ``intp`` ``ndarray`` of N labels that all lie in [0, C), for logits
+    of shape ``x_shape`` (N, C) with N > 0: what :func:`targets` would return unchanged.
+    ``None`` otherwise; :func:`targets` then converts it, or says what is wrong."""
+    n, c = x_shape
+    if type(t) is not np.ndarray or t.dtype != _INTP or t.shape != (n,) or not n:
+        return None
+    # One pass: a negative label read as unsigned is larger than any class count.
+    return t if t.view(_UINTP).max() < c else None
 
 
 def loss_gradient_scale(dout):

@@ -162,7 +162,9 @@ def test_thread_pool_starts_once_when_threads_race():
 
 def test_idle_cores_is_a_count_or_none():
     n = parallel.idle_cores()
-    assert n is None or 0 <= n <= (numba.config.NUMBA_NUM_THREADS or 1) + 64
+    assert n is None or 0 <= n <= (os.cpu_count() or 1) - 1
+    credited = parallel.idle_cores(ours=1000)  # never more than the cores beside the caller's
+    assert credited is None or credited == (os.cpu_count() or 1) - 1
 
 
 def _everything(dtype):
@@ -194,29 +196,195 @@ def test_bit_identical_for_1_2_and_n_threads(dtype):
                 assert _everything(dtype) == expected
 
 
-def test_small_products_give_the_same_bits_every_call():
-    """The BLAS thread rule is by size only: a product's bits never depend on the load."""
+def test_products_at_a_fixed_blas_count_give_the_same_bits_every_call():
+    """With your BLAS count at 1 (or the load check off), a product's bits never vary."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
     rng = np.random.default_rng(4)
     x = rng.standard_normal((100, 784))
     layer = layers.Affine(rng.standard_normal((784, 50)), np.zeros(50))
-    first = layer.forward(x).tobytes()
-    dx = layer.backward(np.ones((100, 50))).tobytes()
-    for _ in range(20):
-        assert layer.forward(x).tobytes() == first
-        assert layer.backward(np.ones((100, 50))).tobytes() == dx
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        first = layer.forward(x).tobytes()
+        dx = layer.backward(np.ones((100, 50))).tobytes()
+        for _ in range(20):
+            assert layer.forward(x).tobytes() == first
+            assert layer.backward(np.ones((100, 50))).tobytes() == dx
 
 
-def test_product_threads_restores_blas_count():
-    blas = threads._blas_handle()
-    if blas.set is None:
-        pytest.skip("no OpenBLAS found")
-    before = blas.get()
+class FakeBlas:
+    """A BLAS library controller that records what fastbp asks of it."""
+
+    def __init__(self, count):
+        self.count = count
+        self.sets = []
+        self.lock = threading.Lock()
+
+    def get_num_threads(self):
+        return self.count
+
+    def set_num_threads(self, n):
+        with self.lock:
+            self.sets.append(n)
+            self.count = n
+
+
+@pytest.fixture
+def fake_blas(monkeypatch):
+    """Install a fake BLAS with a count of 4 and no spinning workers; return it."""
+    lib = FakeBlas(4)
+    blas = threads._BlasLibrary.__new__(threads._BlasLibrary)
+    blas.lib, blas.clear_control = lib, None
+    blas.spin_seconds, blas.spin_until, blas.spinning = 0.0, 0.0, 0
+    monkeypatch.setattr(threads, "_blas", blas)
+    monkeypatch.setattr(threads, "_blas_changed", False)
+    return lib
+
+
+PRODUCT_FLOPS = threads.PRODUCT_THREADS_MIN_FLOPS
+
+
+@pytest.mark.parametrize(("idle", "inside"), [(0, 1), (1, 2), (2, 3), (3, 4), (64, 4)])
+def test_product_threads_use_the_idle_cores_up_to_your_count(fake_blas, monkeypatch, idle,
+                                                            inside):
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: idle)
+    with threads.ProductThreads(PRODUCT_FLOPS):
+        assert fake_blas.count == inside  # never more than 1 + idle, never more than yours
+    assert fake_blas.count == 4
+    assert fake_blas.sets == ([] if inside == 4 else [inside, 4])  # untouched when it fits
+
+
+def test_product_threads_never_raise_your_count(fake_blas, monkeypatch):
+    fake_blas.count = 1  # e.g. OPENBLAS_NUM_THREADS=1, or threadpoolctl's limit
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 64)
+    with threads.ProductThreads(PRODUCT_FLOPS):
+        assert fake_blas.count == 1
+    fake_blas.count = 3  # a limit changed between products is read at the next one
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 1)
+    with threads.ProductThreads(PRODUCT_FLOPS):
+        assert fake_blas.count == 2
+    assert fake_blas.count == 3
+    assert fake_blas.sets == [2, 3]
+
+
+def test_product_threads_restore_on_error(fake_blas, monkeypatch):
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 0)
+    with pytest.raises(ValueError, match="inside"), threads.ProductThreads(PRODUCT_FLOPS):
+        assert fake_blas.count == 1
+        raise ValueError("inside")
+    assert fake_blas.count == 4 and not threads._blas_changed
+
+
+@pytest.mark.parametrize("case", ["small", "no load check", "no loadavg"])
+def test_product_threads_leave_blas_alone(fake_blas, monkeypatch, case):
+    flops = PRODUCT_FLOPS - 1 if case == "small" else PRODUCT_FLOPS
+    if case == "no load check":
+        monkeypatch.setattr(parallel, "ADAPT_TO_LOAD", False)  # BLAS runs on its own count
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: None if case == "no loadavg" else 0)
+    with threads.ProductThreads(flops):
+        assert fake_blas.count == 4
+    assert fake_blas.sets == []
+
+
+def test_spinning_workers_of_our_last_product_count_as_idle(fake_blas, monkeypatch):
+    asked = []
+
+    def idle_cores(ours=0):
+        asked.append(ours)
+        return 2
+    monkeypatch.setattr(parallel, "idle_cores", idle_cores)
+    threads._blas.spin_seconds = 60.0
+    with threads.ProductThreads(PRODUCT_FLOPS):  # 3 threads: 2 workers spin after it
+        pass
+    with threads.ProductThreads(PRODUCT_FLOPS):
+        pass
+    threads._blas.spin_until = 0.0  # the workers have gone to sleep
+    with threads.ProductThreads(PRODUCT_FLOPS):
+        pass
+    assert asked == [0, 2, 0]
+
+
+def test_product_threads_from_many_python_threads(fake_blas, monkeypatch):
+    """Concurrent blocks never leave the count changed, and never run above anyone's ask."""
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 0)
+    seen, errors = [], []
+
+    def work():
+        try:
+            for _ in range(300):
+                with threads.ProductThreads(PRODUCT_FLOPS):
+                    seen.append(fake_blas.count)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    workers = [threading.Thread(target=work) for _ in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors
+    assert fake_blas.count == 4 and not threads._blas_changed
+    assert set(seen) <= {1, 4} and 1 in seen
+    # Every lowering was undone before the next one: the sets alternate 1, 4, 1, 4, ...
+    assert fake_blas.sets == [1, 4] * (len(fake_blas.sets) // 2)
+
+
+def _real_blas():
+    blas = threads._find_blas()
+    if blas.lib is None:
+        pytest.skip("no BLAS library that threadpoolctl can control")
+    return blas.lib
+
+
+def test_real_blas_count_lowered_inside_and_restored(monkeypatch):
+    lib = _real_blas()
+    before = lib.get_num_threads()
+    if before < 2:
+        pytest.skip("BLAS runs on one thread here")
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 0)
     for _ in range(20):
-        with threads.product_threads(1 << 22):
-            assert blas.get() == 1
-    assert blas.get() == before
-    with threads.product_threads(1 << 30):
-        assert blas.get() == before
+        with threads.ProductThreads(PRODUCT_FLOPS):
+            assert lib.get_num_threads() == 1
+        assert lib.get_num_threads() == before
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 64)
+    with threads.ProductThreads(PRODUCT_FLOPS):
+        assert lib.get_num_threads() == before
+
+
+def test_real_blas_from_python_threads_then_threadpoolctl_still_works(monkeypatch):
+    """Affine from several Python threads at once, with every product lowering the count:
+    results are right, the count is restored, and threadpoolctl keeps control of BLAS."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    lib = _real_blas()
+    before = lib.get_num_threads()
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 0)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((64, 300))
+    W = rng.standard_normal((300, 40))
+    expected = x @ W
+    errors, finished, release = [], threading.Barrier(5), threading.Event()
+
+    def work():
+        try:
+            layer = layers.Affine(W, np.zeros(40))
+            for _ in range(30):
+                np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-12, atol=1e-12)
+                layer.backward(np.ones((64, 40)))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finished.wait()
+        release.wait()  # stay alive: threadpoolctl >= 3.8 lets a live thread keep control
+    workers = [threading.Thread(target=work) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        finished.wait()
+        assert not errors
+        assert lib.get_num_threads() == before
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):
+            assert lib.get_num_threads() == 1
+        assert lib.get_num_threads() == before
+    finally:
+        release.set()
+        for w in workers:
+            w.join()
 
 
 def test_kernel_below_threshold_never_reads_load(monkeypatch):
