@@ -363,8 +363,9 @@ class BatchNormalization:
         if self._train_saved is None:
             return None
         _, _, xc, mean, inv_std, _ = self._train_saved
-        centred = np.asarray(xc, dtype=np.float64) - mean  # the kernels' float64 arithmetic
-        return (centred * inv_std if normalised else centred).astype(xc.dtype, copy=False)
+        with np.errstate(invalid="ignore"):  # inf - inf in a feature with inf: NaN, as forward
+            centred = np.asarray(xc, dtype=np.float64) - mean  # the kernels' float64 arithmetic
+            return (centred * inv_std if normalised else centred).astype(xc.dtype, copy=False)
 
     @property
     def xc(self):

@@ -161,12 +161,15 @@ def _block_backward(dout, x, lo, hi, mean, inv_std, gamma, batch_statistics, dx,
         dbeta[lo + j] = sum_d[j]
         dgamma[lo + j] = sum_dxn[j]
         scale[j] = np.float64(gamma[lo + j]) * s[j]
-        if batch_statistics:  # the means that dx subtracts (0 / 0 only where n is 0)
-            sum_d[j] = sum_d[j] / n
-            sum_dxn[j] = sum_dxn[j] / n
-        else:
-            sum_d[j] = 0.0
-            sum_dxn[j] = 0.0
+        sum_d[j] = sum_d[j] / n  # the means that dx subtracts (0 / 0 only where n is 0)
+        sum_dxn[j] = sum_dxn[j] / n
+    if not batch_statistics:  # fixed statistics: dx does not depend on x (nor on an inf in it)
+        for i in range(n):
+            dr = dout[i, lo:hi]
+            o = dx[i, lo:hi]
+            for j in range(w):
+                o[j] = scale[j] * np.float64(dr[j])
+        return
     for i in range(n):
         row = x[i, lo:hi]
         dr = dout[i, lo:hi]

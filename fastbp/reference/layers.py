@@ -249,9 +249,10 @@ def running_statistics(layer, d, dtype, x_shape, train):
     given to the constructor, or assigned) is copied first and the copy becomes the attribute,
     so that no array the caller gave is ever written. In test mode they are only read.
     """
+    names = ("running_mean", "running_var")
+    checked = [v.running_statistic(getattr(layer, name), name, x_shape, d) for name in names]
     stats = []
-    for name in ("running_mean", "running_var"):
-        value = v.running_statistic(getattr(layer, name), name, x_shape, d)
+    for name, value in zip(names, checked, strict=True):
         owned = layer._owned.get(name)
         if value is None or (train and (value is not owned or value.dtype != dtype)):
             value = np.zeros(d, dtype) if value is None else np.array(value, dtype=dtype)
@@ -320,8 +321,9 @@ class BatchNormalization:
         dtype = xc.dtype
         running_mean, running_var = running_statistics(self, d, dtype, x.shape, train_flg)
         self.input_shape = x.shape
-        # An empty batch: the mean of nothing is NaN (0 / 0), without numpy.mean's warning.
-        with np.errstate(invalid="ignore", divide="ignore"):
+        # No warnings, as the kernels give none: an empty batch's mean is NaN (0 / 0, without
+        # numpy.mean's warning), and inf in a feature gives NaN (inf - inf, 0 * inf).
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             if train_flg:
                 mu = np.sum(xc, axis=0) / n
                 xc = xc - mu
@@ -338,7 +340,7 @@ class BatchNormalization:
                 xc = xc - np.asarray(running_mean, dtype=dtype)
                 std = np.sqrt(np.asarray(running_var, dtype=dtype) + BATCHNORM_EPS)
                 xn = xc / std
-        out = gamma * xn + beta
+            out = gamma * xn + beta
         self._saved = (train_flg, x.shape, xc, xn, std, out_dtype)
         return v.as_result(out, out_dtype).reshape(x.shape)
 
@@ -353,12 +355,12 @@ class BatchNormalization:
         out_dtype = np.promote_types(out_dtype, fwd_dtype)
         work = v.compute_dtype(out_dtype)
         dout, gamma, xc, xn, std = (np.asarray(a, dtype=work) for a in (dout, gamma, xc, xn, std))
-        dbeta = dout.sum(axis=0)
-        dgamma = np.sum(xn * dout, axis=0)
-        dxn = gamma * dout
-        dxc = dxn / std
-        if train:
-            with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            dbeta = dout.sum(axis=0)
+            dgamma = np.sum(xn * dout, axis=0)
+            dxn = gamma * dout
+            dxc = dxn / std
+            if train:
                 dstd = -np.sum((dxn * xc) / (std * std), axis=0)
                 dvar = 0.5 * dstd / std
                 dxc += (2.0 / max(n, 1)) * xc * dvar  # n = 0: dxc is empty, the factor unused
