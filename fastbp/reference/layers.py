@@ -222,13 +222,14 @@ class Dropout:
     def forward(self, x, train_flg=True):
         ratio = v.dropout_ratio(self.dropout_ratio)
         xc, out_dtype = v.float_input(x)
-        if train_flg:
-            self.mask = dropout_uniforms(self.rng, xc.shape) > ratio
-            out = xc * self.mask
-            self._saved = (xc.shape, self.mask)
-        else:
-            out = xc * xc.dtype.type(1.0 - ratio)
-            self._saved = (xc.shape, 1.0 - ratio)
+        with np.errstate(invalid="ignore"):  # a dropped inf is inf * 0: NaN, without a warning
+            if train_flg:
+                self.mask = dropout_uniforms(self.rng, xc.shape) > ratio
+                out = xc * self.mask
+                self._saved = (xc.shape, self.mask)
+            else:
+                out = xc * xc.dtype.type(1.0 - ratio)
+                self._saved = (xc.shape, 1.0 - ratio)
         return v.as_result(out, out_dtype)
 
     def backward(self, dout):
@@ -236,9 +237,9 @@ class Dropout:
         shape, factor = self._saved
         dout = v.gradient_for(dout, shape, "Dropout")
         d, out_dtype = v.float_input(dout, "dout")
-        if isinstance(factor, float):
-            return v.as_result(d * d.dtype.type(factor), out_dtype)
-        return v.as_result(d * factor, out_dtype)
+        with np.errstate(invalid="ignore"):
+            dx = d * d.dtype.type(factor) if isinstance(factor, float) else d * factor
+        return v.as_result(dx, out_dtype)
 
 
 def running_statistics(layer, d, dtype, x_shape, train):
