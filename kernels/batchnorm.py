@@ -23,6 +23,8 @@ Neither kernel stores ``xc`` or ``xn``: the backward pass recomputes ``xn = (x -
 from ``x``, with the same code as the forward pass, which saves two (N, D) writes per step.
 """
 
+import functools
+
 import numpy as np
 from numba import prange
 
@@ -38,7 +40,12 @@ def column_block(n_rows, itemsize, n_cols):
     At least 16 columns (a 128-byte contiguous run per row) and at most all of them; a multiple
     of 16 otherwise. Any width gives the same results.
     """
-    width = L2_BUDGET // max(1, n_rows * itemsize)
+    return _column_block(n_rows, itemsize, n_cols, L2_BUDGET)
+
+
+@functools.lru_cache(maxsize=256)
+def _column_block(n_rows, itemsize, n_cols, budget):
+    width = budget // max(1, n_rows * itemsize)
     width = max(16, width - width % 16)
     return max(1, min(n_cols, width))
 

@@ -250,6 +250,12 @@ def running_statistics(layer, d, dtype, x_shape, train):
     given to the constructor, or assigned) is copied first and the copy becomes the attribute,
     so that no array the caller gave is ever written. In test mode they are only read.
     """
+    owned = layer._owned
+    mean, var = layer.running_mean, layer.running_var
+    if (mean is not None and mean is owned.get("running_mean") and var is owned.get("running_var")
+            and mean.shape == (d,) and mean.dtype == dtype and var.shape == (d,)
+            and var.dtype == dtype):
+        return mean, var  # the layer's own arrays, as the last pass left them: nothing to check
     names = ("running_mean", "running_var")
     checked = [v.running_statistic(getattr(layer, name), name, x_shape, d) for name in names]
     stats = []
