@@ -258,7 +258,7 @@ def _feature_row(a, d):
     """``gamma`` or ``beta`` (checked to broadcast to (1, d)) as a C-contiguous (d,) row."""
     if a.shape == (d,) and a.flags.c_contiguous:
         return a
-    return np.ascontiguousarray(np.broadcast_to(a, (1, d))[0])
+    return np.broadcast_to(a, (1, d))[0].copy()  # a writeable row: one kernel signature
 
 
 class BatchNormalization:

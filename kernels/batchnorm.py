@@ -98,6 +98,8 @@ def batchnorm_train_forward(x, gamma, beta, momentum, eps, block, running_mean, 
                             mean, inv_std, std, out):
     """Batch statistics, normalisation, scale and shift, and the running statistics, fused.
 
+    Every argument is validated and converted by the caller (shapes, dtypes, C order).
+
     Parameters
     ----------
     x : (N, D) array
@@ -138,7 +140,7 @@ def batchnorm_apply(x, mean, inv_std, gamma, beta, block, out):
 
     ``x`` is (N, D) and its size picks the serial or the threaded build; ``mean`` and
     ``inv_std`` are (D,) float64; ``gamma``, ``beta`` are (D,) in ``x``'s dtype. ``out`` (N, D)
-    is **written**.
+    is **written**. The caller validates every argument.
     """
     d = x.shape[1]
     for cb in prange((d + block - 1) // block):
@@ -201,7 +203,8 @@ def batchnorm_backward(dout, x, mean, inv_std, gamma, batch_statistics, block, d
 
     ``dout`` (N, D) picks the serial or the threaded build. ``x`` is (N, D) in ``dout``'s dtype;
     ``mean`` and ``inv_std`` are (D,) float64; ``gamma`` is (D,) in ``dout``'s dtype. ``dx``
-    (N, D), ``dgamma`` and ``dbeta`` ((D,), ``dout``'s dtype) are **written**.
+    (N, D), ``dgamma`` and ``dbeta`` ((D,), ``dout``'s dtype) are **written**. The caller
+    validates every argument.
     """
     d = x.shape[1]
     for cb in prange((d + block - 1) // block):
