@@ -366,7 +366,7 @@ class BatchNormalization:
             gamma = _feature_row(gamma, d)
         dx = np.empty((n, d), dtype=work)
         dgamma, dbeta = np.empty(d, dtype=work), np.empty(d, dtype=work)
-        block = batchnorm.column_block(n, 2 * xc.itemsize, d)  # two arrays read per pass
+        block = batchnorm.column_block(n, xc.itemsize, d)
         batchnorm.batchnorm_backward(dout, xc, mean, inv_std, gamma, train, block, dx, dgamma,
                                      dbeta)
         self.dgamma = v.as_result(dgamma, out_dtype)

@@ -492,17 +492,23 @@ def test_bit_identical_across_builds_thread_counts_and_blocks(dtype, monkeypatch
         if n <= numba.config.NUMBA_NUM_THREADS:
             with threads.threads(n):
                 assert _run(x, gamma, beta, dout) == serial, n
-    monkeypatch.setattr(kernels, "L2_BUDGET", 1 << 12)  # 16-column blocks, many of them
+    monkeypatch.setattr(kernels, "BLOCK_BYTES", 1 << 12)  # 16-column blocks, many of them
+    monkeypatch.setattr(kernels, "MIN_COLUMNS", 16)
     assert kernels.column_block(130, 8, 300) == 16
     assert _run(x, gamma, beta, dout) == serial
 
 
 def test_column_block_widths():
-    assert kernels.column_block(100, 8, 100) == 100
-    assert kernels.column_block(256, 8, 4096) == 128
-    assert kernels.column_block(100000, 8, 5) == 5
-    assert kernels.column_block(100000, 8, 500) == 16
-    assert kernels.column_block(0, 8, 0) == 1
+    with threads.threads(1):
+        assert kernels.column_block(100, 8, 100) == 100
+        assert kernels.column_block(256, 8, 4096) == 512
+        assert kernels.column_block(256, 4, 4096) == 1024
+        assert kernels.column_block(100000, 8, 5) == 5
+        assert kernels.column_block(100000, 8, 5000) == 256
+        assert kernels.column_block(0, 8, 0) == 1
+    if numba.config.NUMBA_NUM_THREADS >= 2:
+        with threads.threads(2):  # a block for each thread
+            assert kernels.column_block(10, 8, 4096) == 2048
 
 
 # --- hypothesis -------------------------------------------------------------------------
