@@ -228,13 +228,12 @@ class Dropout:
         if train_flg:
             u = dropout_uniforms(self.rng, xc.shape)
             mask = np.empty(xc.shape, dtype=bool)
-            dropout.dropout_forward(xc.reshape(-1), u.reshape(-1), ratio, mask.reshape(-1),
-                                    out.reshape(-1))
+            dropout.dropout_forward(xc, u, ratio, mask, out)
             self.mask = mask
             self._saved = (xc.shape, mask)
         else:
             factor = 1.0 - ratio
-            dropout.dropout_scale(xc.reshape(-1), xc.dtype.type(factor), out.reshape(-1))
+            dropout.dropout_scale(xc, xc.dtype.type(factor), out)
             self._saved = (xc.shape, factor)
         return v.as_result(out, out_dtype)
 
@@ -248,9 +247,9 @@ class Dropout:
             d, out_dtype = v.float_input(dout, "dout", contiguous=True)
         dx = np.empty_like(d)
         if isinstance(factor, float):
-            dropout.dropout_scale(d.reshape(-1), d.dtype.type(factor), dx.reshape(-1))
+            dropout.dropout_scale(d, d.dtype.type(factor), dx)
         else:
-            dropout.dropout_backward(d.reshape(-1), factor.reshape(-1), dx.reshape(-1))
+            dropout.dropout_backward(d, factor, dx)
         return v.as_result(dx, out_dtype)
 
 

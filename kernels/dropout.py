@@ -1,8 +1,9 @@
 """Dropout kernels: the mask compare fused with the multiply, and the backward multiply.
 
 The uniform random numbers come from NumPy (the caller draws them as the book does, so a seeded
-script gets the book's masks); these kernels do the rest in one pass. Arrays are flat (1-D),
-C-contiguous, and validated by the caller (:class:`fastbp.layers.Dropout`). Kept elements are
+script gets the book's masks); these kernels do the rest in one pass. Arrays are C-contiguous,
+of one shape (any number of dimensions: the kernels work on flat views of them), and validated
+by the caller (:class:`fastbp.layers.Dropout`). Kept elements are
 multiplied by 1 and dropped ones by 0, as the book's ``x * mask`` does, so a dropped inf or NaN
 gives NaN and a dropped negative number gives -0.0.
 
@@ -37,6 +38,7 @@ def dropout_forward(x, u, ratio, mask, out):
     ``out`` are **written**. The caller validates every argument (same sizes, dtypes, C order).
     """
     n = x.size
+    x, u, mask, out = x.reshape(n), u.reshape(n), mask.reshape(n), out.reshape(n)
     for b in prange((n + BLOCK - 1) // BLOCK):
         lo = b * BLOCK
         hi = min(n, lo + BLOCK)
@@ -56,6 +58,7 @@ def dropout_backward(dout, mask, dx):
     """``dx = dout * mask``. ``dout`` (its size picks the build) and ``dx`` have one float
     dtype, ``mask`` is bool; ``dx`` is **written**. The caller validates every argument."""
     n = dout.size
+    dout, mask, dx = dout.reshape(n), mask.reshape(n), dx.reshape(n)
     for b in prange((n + BLOCK - 1) // BLOCK):
         lo = b * BLOCK
         hi = min(n, lo + BLOCK)
@@ -74,6 +77,7 @@ def dropout_scale(x, s, out):
     picks the build) and ``out`` have one float dtype; ``out`` is **written**. The caller
     validates every argument."""
     n = x.size
+    x, out = x.reshape(n), out.reshape(n)
     for b in prange((n + BLOCK - 1) // BLOCK):
         lo = b * BLOCK
         hi = min(n, lo + BLOCK)

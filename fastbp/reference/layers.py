@@ -193,9 +193,8 @@ def dropout_uniforms(rng, shape):
     """
     if rng is None:
         u = np.random.rand(*shape)  # noqa: NPY002 (the book's draw, on purpose)
-    else:
-        u = rng.random(shape)
-    u = np.asarray(u, dtype=np.float64, order="C")
+        return u if shape else np.asarray(u)  # rand() of no shape is a Python float
+    u = np.asarray(rng.random(shape), dtype=np.float64, order="C")
     if u.shape != tuple(shape):
         raise ValueError(f"Dropout: rng.random({tuple(shape)}) returned shape {u.shape}")
     return u
