@@ -4,24 +4,24 @@ Every layer class has ``params = [backend, dtype, size]``. ``backend`` is ``refe
 NumPy oracle, :mod:`fastbp.reference.layers`), ``kernel`` (:mod:`fastbp.layers`) or ``torch``
 (PyTorch eager with autograd, skipped where it is not installed). ``size`` is ``book`` or
 ``medium``; ``large`` joins them when ``FASTBP_BENCH_FULL=1`` (it takes seconds per call for
-Affine). ``setup`` builds seeded data and warms the JIT (and the caches of first use), so no
+Affine). The shapes are ``fastbp bench``'s (:data:`fastbp.bench.SIZES`), so both time the same
+cases. ``setup`` builds seeded data and warms the JIT (and the caches of first use), so no
 ``time_*`` includes a compilation; :mod:`.bench_compile` times those separately.
+
+``asv continuous`` runs this suite, as it is in the working tree, against older commits too: it
+imports only names that those have (``fastbp.nets.BACKENDS``, ``fastbp.bench.SIZES``).
 """
 
 import os
 
 import numpy as np
 
-BACKENDS = ["reference", "kernel", "torch"]
+from fastbp.bench import SIZES as SHAPES  # noqa: F401 (the benchmark modules read it)
+from fastbp.nets import BACKENDS as FASTBP_BACKENDS
+
+BACKENDS = [*FASTBP_BACKENDS, "torch"]
 DTYPES = ["float32", "float64"]
 SIZES = ["book", "medium"] + (["large"] if os.environ.get("FASTBP_BENCH_FULL") == "1" else [])
-
-SHAPES = {
-    "elementwise": {"book": (100, 50), "medium": (256, 1024), "large": (4096, 4096)},
-    "softmax": {"book": (100, 10), "medium": (256, 1000), "large": (4096, 1000)},
-    "affine": {"book": (100, 784, 50), "medium": (256, 1024, 1000),
-               "large": (4096, 4096, 1000)},
-}
 
 
 def torch_or_skip():

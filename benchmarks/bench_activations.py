@@ -12,7 +12,7 @@ class _Elementwise(_LayerTimings):
     torch_function = None
 
     def setup(self, backend, dtype, size):
-        shape = SHAPES["elementwise"][size]
+        shape = SHAPES[self.layer_name.lower()][size]  # fastbp bench's "relu" or "sigmoid"
         r = rng()
         self.x = r.standard_normal(shape).astype(dtype)
         self.dout = r.standard_normal(shape).astype(dtype)
@@ -60,7 +60,7 @@ class ReluKernels:
         from fastbp.kernels import activations
 
         self.k = activations
-        n = int(np.prod(SHAPES["elementwise"][size]))
+        n = int(np.prod(SHAPES["relu"][size]))
         self.x = rng().standard_normal(n).astype(dtype)
         self.out = np.empty_like(self.x)
         self.mask = np.empty(n, dtype=bool)

@@ -1,24 +1,26 @@
-"""One SGD step of the book's TwoLayerNet (batch 100, 784-50-10), as the book writes it."""
+"""One SGD step of the book's TwoLayerNet (batch 100): ``fastbp.nets.TwoLayerNet`` (784-50-10),
+and the book's own net code on each backend's layers, the drop-in case (784-50-10, MNIST's
+shape, and 64-100-10, the digits')."""
 
-from . import DTYPES, torch_or_skip
-
-BATCH, INPUT, HIDDEN, CLASSES = 100, 784, 50, 10
+from . import BACKENDS, DTYPES, SHAPES, torch_or_skip
 
 
 class TrainingStep:
-    params = [["reference", "kernel", "torch"], DTYPES]  # noqa: RUF012 (asv reads it)
+    params = [BACKENDS, DTYPES]  # noqa: RUF012 (asv reads it)
     param_names = ["backend", "dtype"]  # noqa: RUF012
 
     def setup(self, backend, dtype):
-        from fastbp.bench import _torch_case, training_step
-
-        size = (BATCH, INPUT, HIDDEN, CLASSES)
+        size = SHAPES["step"]["book"]  # batch 100, 784 -> 50 -> 10
         if backend == "torch":
             torch_or_skip()
             import numpy as np
 
-            self.step = _torch_case("step", size, np.dtype(dtype), np.random.default_rng(0))
+            from fastbp.bench import torch_case
+
+            self.step = torch_case("step", size, np.dtype(dtype), np.random.default_rng(0))
         else:
+            from fastbp.bench import training_step
+
             self.step = training_step(backend, size, dtype)
         for _ in range(3):
             self.step()
@@ -27,4 +29,23 @@ class TrainingStep:
         self.step()
 
     def peakmem_step(self, backend, dtype):
+        self.step()
+
+
+class BookTrainingStep:
+    """The book's ``TwoLayerNet`` code, with ``from fastbp.layers import *`` (kernel) or the
+    NumPy reference layers: it runs every layer's backward, the first ``dx`` included."""
+
+    params = [["reference", "kernel"], DTYPES, ["mnist", "digits"]]  # noqa: RUF012
+    param_names = ["backend", "dtype", "shape"]  # noqa: RUF012
+    shapes = {"mnist": SHAPES["step"]["book"], "digits": (100, 64, 100, 10)}  # noqa: RUF012
+
+    def setup(self, backend, dtype, shape):
+        from fastbp.bench import book_training_step
+
+        self.step = book_training_step(backend, self.shapes[shape], dtype)
+        for _ in range(3):
+            self.step()
+
+    def time_step(self, backend, dtype, shape):
         self.step()

@@ -3,25 +3,42 @@
 Every case is timed in one process with the backends interleaved (reference, kernel, torch,
 reference, kernel, torch, ...), so that a machine whose load changes hurts them alike; the
 printed time is the median over the repeats. A case is one forward and one backward through
-the layer object, as a user calls them, or one step of the book's ``TwoLayerNet`` (batch 100,
-784-50-10, SGD with in-place updates).
+the layer object, as a user calls them, or one training step of the book's ``TwoLayerNet``
+(batch 100, 784-50-10, SGD with in-place updates) as ``fastbp train`` runs it.
 
 Ratios: ``ref/kernel`` and ``torch/kernel`` (above 1: the kernels are faster). ``roofline`` is the
 kernel alone (outputs allocated once, so no page faults) against this machine's measured limit:
 streaming bandwidth (a copy kernel over as many bytes, bytes read plus bytes written, timed in
 the same interleaved loop so that both see the same load) for the memory-bound kernels,
-and the BLAS product rate of the same shapes for ``Affine``. The exp-bound forwards (sigmoid,
-softmax) print the bandwidth figure too, for reference.
+and the time of the three BLAS products alone (same shapes, same BLAS thread rule) for
+``Affine``. The exp-bound forwards (sigmoid, softmax) print the bandwidth figure too, for
+reference. The bandwidth roofline is computed at ``large`` only: smaller arrays sit in cache,
+where a copy is no bound (the kernels beat it), so the column says "in cache" there; Affine's
+is filled at every size; a whole training step has none.
+
+Load. The ratios depend on the machine's load: BLAS threads that wait for a busy core slow the
+reference (and PyTorch) far more than the kernels, so on a loaded machine ``ref/kernel`` grows
+severalfold. The header therefore prints the BLAS and kernel thread counts and the load average
+(1, 5, 15 minutes) at the start; the load average at the end follows the table. Each row also
+shows ``others``: the cores that other processes kept busy while the row was timed (Linux: busy
+time in ``/proc/stat`` of the CPUs this process may use, less this process's CPU time, over the
+wall time). A warning
+is printed when ``others`` differs by more than :data:`LOAD_CHANGE_CORES` between rows (the load
+changed during the run), and a note when it averages more than that (the run was measured under
+load). ``--blas-threads N`` runs every backend's BLAS on N threads (1 gives figures that
+move least with the load).
 
 PyTorch is optional: it is imported only here, inside functions, and only when installed.
 """
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 
-SIZES = {
+SIZES = {  # shared with the asv suite (benchmarks/): one table for both
     "relu": {"book": (100, 50), "medium": (256, 1024), "large": (4096, 4096)},
     "sigmoid": {"book": (100, 50), "medium": (256, 1024), "large": (4096, 4096)},
     "softmax": {"book": (100, 10), "medium": (256, 1000), "large": (4096, 1000)},
@@ -30,6 +47,18 @@ SIZES = {
     "step": {"book": (100, 784, 50, 10)},
 }
 LAYERS = ("relu", "sigmoid", "softmax", "affine", "step")
+
+LOAD_CHANGE_CORES = 0.5
+"""Cores of other processes' CPU use: a spread larger than this between the rows of one run
+prints a "load changed" warning, and an average above it a "measured under load" note. (Where
+``/proc/stat`` is missing, the 1-minute load average at the start and at the end is compared
+instead, which also counts the benchmark's own load.)"""
+
+ROOFLINE_NOTES = {
+    "cache": "in cache",
+    "step": "n/a",
+}
+"""What the roofline column says where it has no figure (see the module docstring)."""
 
 
 def add_arguments(parser):
@@ -41,6 +70,10 @@ def add_arguments(parser):
                         help=f"comma-separated cases (default: {','.join(LAYERS)})")
     parser.add_argument("--time", type=float, default=0.25, dest="target",
                         help="seconds to spend timing each backend in each case (default 0.25)")
+    parser.add_argument("--blas-threads", type=int, default=None, metavar="N",
+                        help="run BLAS on N threads for every backend (threadpoolctl), and "
+                             "PyTorch on N threads; default: as they are. The kernels' small "
+                             "products still take one thread (fastbp.threads)")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document instead of the table")
@@ -83,8 +116,32 @@ def _layer_case(name, module, size, dtype, rng):
 
 
 def training_step(backend, size, dtype, seed=1):
-    """One SGD step of the book's net (:class:`fastbp.nets.TwoLayerNet`, built on ``backend``,
-    "kernel" or "reference") on a fixed batch: ``params[k] -= lr * grads[k]``, as the book."""
+    """One SGD step of the book's net as fastbp runs it (``fastbp train``) on a fixed batch:
+    :class:`fastbp.nets.TwoLayerNet` and :class:`fastbp.optim.SGD`, both on ``backend``
+    ("kernel" or "reference"; the reference's update is the book's ``params[k] -= lr * grads[k]``,
+    the kernels' a fused in-place pass with the same bits)."""
+    import numpy as np
+
+    from fastbp.nets import TwoLayerNet
+    from fastbp.optim import SGD
+
+    n, d_in, hidden, classes = size
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, d_in)).astype(dtype)
+    t = rng.integers(0, classes, n)
+    net = TwoLayerNet(d_in, hidden, classes, backend=backend, rng=0, dtype=dtype)
+    optimizer = SGD(lr=0.1, backend=backend)
+
+    def run():
+        optimizer.update(net.params, net.gradient(x, t))
+    return run
+
+
+def book_training_step(backend, size, dtype, seed=1):
+    """One SGD step of the book's own ``TwoLayerNet`` code on ``backend``'s layers: what a
+    drop-in user runs. The net is built as the book builds it (:class:`fastbp.nets.TwoLayerNet`
+    has the book's ``params`` and ``layers``), and ``gradient`` is the book's loop, which calls
+    every layer's ``backward``, the first layer's ``dx`` included."""
     import numpy as np
 
     from fastbp.nets import TwoLayerNet
@@ -96,14 +153,27 @@ def training_step(backend, size, dtype, seed=1):
     net = TwoLayerNet(d_in, hidden, classes, backend=backend, rng=0, dtype=dtype)
     lr = np.dtype(dtype).type(0.1)
 
+    def gradient(x, t):  # ch05/two_layer_net.py
+        net.loss(x, t)
+        dout = net.lastLayer.backward(1)
+        for layer in reversed(list(net.layers.values())):
+            dout = layer.backward(dout)
+        grads = {}
+        grads["W1"], grads["b1"] = net.layers["Affine1"].dW, net.layers["Affine1"].db
+        grads["W2"], grads["b2"] = net.layers["Affine2"].dW, net.layers["Affine2"].db
+        return grads
+
     def run():
-        grads = net.gradient(x, t)
+        grads = gradient(x, t)
         for key in ("W1", "b1", "W2", "b2"):
             net.params[key] -= lr * grads[key]
     return run
 
 
-def _torch_case(name, size, dtype, rng):
+def torch_case(name, size, dtype, rng):
+    """PyTorch's twin of a case (eager, autograd): a function that runs one forward and backward
+    of ``name`` (a key of :data:`SIZES`) at ``size``, or one SGD step for ``"step"``.
+    Needs PyTorch."""
     import torch
 
     tdtype = {"float32": torch.float32, "float64": torch.float64}[str(dtype)]
@@ -212,7 +282,7 @@ def _copy_kernel():
     if _COPY is None:
         from numba import prange
 
-        from fastbp.kernels.jit import sized
+        from fastbp.kernels.parallel import sized
 
         def _copy(a, b):
             n = a.size
@@ -272,16 +342,19 @@ def _kernel_roofline(name, size, dtype, bandwidth, rng):
 
 
 def _gemm_rate(size, dtype, rng):
+    from fastbp.threads import ProductThreads
 
     n, d_in, h = size
     x = rng.standard_normal((n, d_in)).astype(dtype)
     W = rng.standard_normal((d_in, h)).astype(dtype)
     d = rng.standard_normal((n, h)).astype(dtype)
 
-    def products():
-        x @ W
-        d @ W.T
-        x.T @ d
+    def products():  # on the BLAS thread count the Affine layer gives them
+        with ProductThreads(2 * n * d_in * h):
+            x @ W
+        with ProductThreads(2 * n * d_in * h):
+            d @ W.T
+            x.T @ d
     (t,) = time_interleaved([products], target=0.1)
     return 6 * n * d_in * h / t, t
 
@@ -311,7 +384,7 @@ def run_case(name, size_name, dtype, target, use_torch):
             funcs.append(_layer_case(name, module, size, dtype, rng))
         names.append(label)
     if use_torch:
-        funcs.append(_torch_case(name, size, dtype, np.random.default_rng(0)))
+        funcs.append(torch_case(name, size, dtype, np.random.default_rng(0)))
         names.append("torch")
     times = dict(zip(names, time_interleaved(funcs, target=target), strict=True))
     record = {"case": name, "size": size_name, "shape": list(size), "dtype": str(dtype),
@@ -326,23 +399,149 @@ def _environment():
     import numpy as np
 
     from fastbp import __version__
-    from fastbp.kernels import jit
+    from fastbp.kernels import parallel
 
     env = {"fastbp": __version__, "numpy": np.__version__, "numba": numba.__version__,
-           "kernel_threads": numba.get_num_threads(), "adapt_to_load": jit.ADAPT_TO_LOAD,
-           "parallel_min_elements": jit.PARALLEL_MIN_ELEMENTS, "idle_cores": jit.idle_cores()}
+           "kernel_threads": numba.get_num_threads(), "adapt_to_load": parallel.ADAPT_TO_LOAD,
+           "parallel_min_elements": parallel.PARALLEL_MIN_ELEMENTS,
+           "idle_cores": parallel.idle_cores()}
     try:
         from threadpoolctl import threadpool_info
 
-        env["blas"] = [{k: i.get(k) for k in ("internal_api", "architecture", "num_threads",
-                                              "version")} for i in threadpool_info()]
+        env["blas"] = [dict({k: i.get(k) for k in ("internal_api", "architecture",
+                                                    "num_threads", "version")},
+                            library=os.path.basename(os.path.dirname(i.get("filepath") or "")))
+                       for i in threadpool_info() if i.get("user_api") == "blas"]
     except ImportError:
-        pass
+        env["blas"] = None  # unknown without threadpoolctl
+    env["cpu_count"] = os.cpu_count()
     return env
+
+
+# --- load ----------------------------------------------------------------------------------
+
+
+def _load_average():
+    """``os.getloadavg()``, or None where the platform has none."""
+    try:
+        return tuple(round(v, 2) for v in os.getloadavg())
+    except (AttributeError, OSError):
+        return None
+
+
+def _busy_seconds():
+    """Busy time since boot of the CPUs this process may run on (Linux ``/proc/stat``; in a
+    container limited to some CPUs, only those), or None elsewhere."""
+    try:
+        allowed = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+    except (AttributeError, OSError):
+        allowed = {"cpu"}  # the total line
+    try:
+        busy = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                fields = line.split()
+                if not fields or not fields[0].startswith("cpu"):
+                    break  # the cpu lines come first
+                if fields[0] in allowed:
+                    # user nice system idle iowait irq softirq steal; guest is within user
+                    ticks = [int(v) for v in fields[1:9]]
+                    busy += sum(ticks) - ticks[3] - ticks[4]
+        return busy / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+class _CpuClock:
+    """Other processes' CPU use, in cores, between :meth:`mark` calls."""
+
+    def __init__(self):
+        self.mark()
+
+    @staticmethod
+    def _now():
+        t = os.times()
+        return time.perf_counter(), _busy_seconds(), t.user + t.system
+
+    def mark(self):
+        self._last = self._now()
+
+    def others(self):
+        """Cores busy with other processes since the last mark (None off Linux); marks."""
+        (w0, b0, o0), now = self._last, self._now()
+        self._last = now
+        w1, b1, o1 = now
+        if b0 is None or b1 is None or w1 <= w0:
+            return None
+        return max(0.0, (b1 - b0 - (o1 - o0)) / (w1 - w0))
+
+
+def load_warnings(others, load_start, load_end, threshold=LOAD_CHANGE_CORES):
+    """The warnings about load for one run.
+
+    Parameters
+    ----------
+    others : list of float or None
+        Each row's cores busy with other processes.
+    load_start, load_end : tuple or None
+        ``os.getloadavg()`` at the start and at the end.
+    threshold : float
+        :data:`LOAD_CHANGE_CORES`.
+
+    Returns
+    -------
+    list of str
+    """
+    warnings = []
+    measured = [o for o in others if o is not None]
+    if measured:
+        low, high = min(measured), max(measured)
+        if high - low > threshold:
+            warnings.append(
+                f"the load changed during the run: other processes kept {low:.2f} to "
+                f"{high:.2f} cores busy from row to row (more than {threshold} apart), so "
+                "the rows are not comparable; rerun on an idle machine, or with "
+                "--blas-threads 1")
+        mean = sum(measured) / len(measured)
+        if mean > threshold:
+            warnings.append(
+                f"measured under load: other processes kept {mean:.2f} cores busy on average; "
+                "BLAS threads that wait for a core slow the reference and PyTorch far more "
+                "than the kernels, which inflates the ratios (--blas-threads 1 steadies them)")
+    elif load_start and load_end and abs(load_end[0] - load_start[0]) > threshold:
+        warnings.append(
+            f"the load changed during the run: 1-minute load average {load_start[0]:.2f} at "
+            f"the start, {load_end[0]:.2f} at the end (this includes the benchmark itself)")
+    return warnings
+
+
+def _blas_limits(threads):
+    """threadpoolctl's limit of BLAS to ``threads`` (None: a no-op); ImportError without it."""
+    if threads is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+@contextlib.contextmanager
+def _torch_threads(threads, use_torch):
+    if threads is None or not use_torch:
+        yield
+        return
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def run(args):
     import numpy as np
+
 
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     cases = [c.strip() for c in args.layers.split(",") if c.strip()]
@@ -359,52 +558,116 @@ def run(args):
         if d not in ("float32", "float64"):
             print(f"fastbp bench: unknown dtype {d!r} (float32, float64, both)", file=sys.stderr)
             return 2
+    blas_threads = getattr(args, "blas_threads", None)
+    if blas_threads is not None and blas_threads < 1:
+        print("fastbp bench: --blas-threads must be at least 1", file=sys.stderr)
+        return 2
+    # threadpoolctl limits only the libraries already loaded: compile one kernel first, since
+    # numba's first compilation loads SciPy's BLAS too.
+    _copy_kernel()(np.ones(1), np.zeros(1))
+    try:
+        limits = _blas_limits(blas_threads)
+    except ImportError:
+        print("fastbp bench: --blas-threads needs threadpoolctl, which is not installed; "
+              'install it with: pip install "fastbp[data]"', file=sys.stderr)
+        return 2
     use_torch = not args.no_torch and _torch_available()
+    with limits, _torch_threads(blas_threads, use_torch):
+        return _run(args, sizes, cases, dtypes, use_torch, blas_threads)
+
+
+def _blas_text(env):
+    if env["blas"] is None:
+        return "BLAS threads unknown (threadpoolctl not installed)"
+    if not env["blas"]:
+        return "BLAS threads: no BLAS found"
+    option = env.get("blas_threads_option")
+    return "BLAS threads" + (" (--blas-threads)" if option is not None else "") + " " + ", ".join(
+        f"{b['num_threads']} ({b['internal_api']} {b['version']} in "
+        f"{b['library'].removesuffix('.libs') or '?'})" for b in env["blas"])
+
+
+def _load_text(load):
+    return " ".join(f"{v:.2f}" for v in load) if load else "unavailable"
+
+
+def _run(args, sizes, cases, dtypes, use_torch, blas_threads):
+    import numpy as np
+
+    from fastbp.threads import PRODUCT_THREADS_MIN_FLOPS
+
+    load_start = _load_average()
     started = time.perf_counter()
     bandwidth = stream_bandwidth()
     env = _environment()
     env["stream_bandwidth_GBps"] = bandwidth / 1e9
+    env["blas_threads_option"] = blas_threads
+    env["load_average_start"] = load_start
     env["torch"] = None
     if use_torch:
         import torch
 
         env["torch"] = {"version": torch.__version__, "threads": torch.get_num_threads()}
     if not args.json:
+        torch_text = (f"{env['torch']['version']} ({env['torch']['threads']} threads)"
+                      if use_torch else "(not installed or --no-torch)")
         print(f"fastbp {env['fastbp']}  numpy {env['numpy']}  numba {env['numba']}  "
-              f"torch {env['torch']['version'] if use_torch else '(not installed)'}")
+              f"torch {torch_text}")
+        print(f"{_blas_text(env)}; kernel products from "
+              f"{PRODUCT_THREADS_MIN_FLOPS / 1e6:.1f} MFLOP on 1 + idle cores' BLAS threads")
         print(f"kernel threads {env['kernel_threads']} (adapt to load: {env['adapt_to_load']}, "
               f"idle cores now: {env['idle_cores']})  stream bandwidth "
               f"{bandwidth / 1e9:.1f} GB/s")
-        head = f"{'case':8} {'size':7} {'dtype':8} {'reference':>11} {'kernel':>11}"
-        head += f" {'torch':>11} {'ref/kern':>9} {'torch/kern':>10}  roofline"
-        print(head)
+        print(f"load average at start {_load_text(load_start)} (1, 5, 15 min; "
+              f"{env['cpu_count']} cores)")
+        print(_header())
     records = []
+    clock = _CpuClock()
     for dtype in dtypes:
         for name in cases:
             for size_name in sizes:
                 if size_name not in SIZES[name]:
                     continue
+                clock.mark()
                 record = run_case(name, size_name, np.dtype(dtype), args.target, use_torch)
+                record["others_cores"] = clock.others()  # over the timing, not the roofline
                 rng = np.random.default_rng(0)
-                if size_name == "large":
-                    if name == "affine":
-                        rate, _ = _gemm_rate(SIZES[name][size_name], dtype, rng)
-                        flops = 6 * np.prod(SIZES[name][size_name])
-                        record["roofline"] = {"fwd+bwd vs BLAS": flops / record["seconds"]
-                                              ["kernel"] / rate}
-                    elif name != "step":
-                        record["roofline"] = _kernel_roofline(name, SIZES[name][size_name],
-                                                              dtype, bandwidth, rng)
+                if name == "affine":
+                    rate, _ = _gemm_rate(SIZES[name][size_name], dtype, rng)
+                    flops = 6 * np.prod(SIZES[name][size_name])
+                    record["roofline"] = {"fwd+bwd vs BLAS": flops / record["seconds"]
+                                          ["kernel"] / rate}
+                elif name == "step":
+                    record["roofline"] = None
+                    record["roofline_note"] = ("a whole training step: no single limit to "
+                                               "compare with")
+                elif size_name == "large":
+                    record["roofline"] = _kernel_roofline(name, SIZES[name][size_name],
+                                                          dtype, bandwidth, rng)
+                else:
+                    record["roofline"] = None
+                    record["roofline_note"] = ("in cache: a copy of as many bytes is no bound "
+                                               "there (the kernels beat it); see large")
                 records.append(record)
                 if not args.json:
                     print(_row(record), flush=True)
     elapsed = time.perf_counter() - started
+    load_end = _load_average()
+    env["load_average_end"] = load_end
+    warnings = load_warnings([r["others_cores"] for r in records], load_start, load_end)
     if args.json:
-        json.dump({"environment": env, "results": records, "seconds": elapsed}, sys.stdout,
-                  indent=1)
+        json.dump({"environment": env, "results": records, "seconds": elapsed,
+                   "warnings": warnings}, sys.stdout, indent=1)
         print()
     else:
-        print(f"({elapsed:.0f} s; times are medians per fwd+bwd or per step)")
+        print(f"load average at end {_load_text(load_end)} (at start {_load_text(load_start)})")
+        print(f"({elapsed:.0f} s; times are medians per fwd+bwd or per step; others: cores "
+              "busy with other processes during the row)")
+        if any(r.get("roofline_note", "").startswith("in cache") for r in records):
+            print("roofline: relu, sigmoid and softmax only at large; smaller arrays sit in "
+                  "cache, where a copy of as many bytes is no bound (the kernels beat it)")
+    for w in warnings:
+        print(f"fastbp bench: warning: {w}", file=sys.stderr)
     return 0
 
 
@@ -416,15 +679,41 @@ def _fmt_time(s):
     return f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s"
 
 
+def _shape_text(case, shape):
+    """A row's shapes, as the layer sees them."""
+    if case == "affine":
+        n, d, h = shape
+        return f"x {n}x{d} W {d}x{h}"
+    if case == "step":
+        n, d, h, c = shape
+        return f"x {n}x{d} {d}-{h}-{c}"
+    return "x " + "x".join(str(v) for v in shape)
+
+
+_SHAPE_WIDTH = 21
+
+
+def _header():
+    return (f"{'case':8} {'size':7} {'dtype':8} {'shape':{_SHAPE_WIDTH}} {'reference':>11} "
+            f"{'kernel':>11} {'torch':>11} {'ref/kern':>9} {'torch/kern':>10} {'others':>6}  "
+            "roofline")
+
+
 def _row(r):
     t = r["seconds"]
     roof = ""
     if r.get("roofline"):
         roof = "  ".join(f"{k} {v * 100:.0f}%" for k, v in r["roofline"].items())
+    elif r.get("roofline_note"):
+        roof = ROOFLINE_NOTES["step" if r["case"] == "step" else "cache"]
     torch_ratio = f"{r['torch/kernel']:.2f}x" if "torch/kernel" in r else "-"
-    return (f"{r['case']:8} {r['size']:7} {r['dtype']:8} {_fmt_time(t['reference']):>11} "
+    others = r.get("others_cores")
+    others = "-" if others is None else f"{others:.2f}"
+    return (f"{r['case']:8} {r['size']:7} {r['dtype']:8} "
+            f"{_shape_text(r['case'], r['shape']):{_SHAPE_WIDTH}} "
+            f"{_fmt_time(t['reference']):>11} "
             f"{_fmt_time(t['kernel']):>11} {_fmt_time(t.get('torch')):>11} "
-            f"{r['ref/kernel']:>8.2f}x {torch_ratio:>10}  {roof}")
+            f"{r['ref/kernel']:>8.2f}x {torch_ratio:>10} {others:>6}  {roof}")
 
 
 def main(argv=None):

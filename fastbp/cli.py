@@ -1,4 +1,4 @@
-"""The ``fastbp`` command line: ``fastbp train``, ``fastbp verify``, ``fastbp bench``.
+"""The ``fastbp`` command line: ``fastbp train``, ``verify``, ``bench`` and ``run``.
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
 ``run(args) -> int`` (the exit status). Building the parser imports those modules, so they keep
@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "train": ("fastbp.training", "train a TwoLayerNet on handwritten digits (the main job)"),
     "verify": ("fastbp.verify", "check kernels against the NumPy reference on this machine"),
     "bench": ("fastbp.bench", "time reference, kernels and PyTorch side by side"),
+    "run": ("fastbp.bookrun", "run a book script with fastbp serving its common package"),
 }
 
 

@@ -2,7 +2,8 @@
 
 Both loaders return ``(x_train, t_train), (x_test, t_test)`` like the book's
 ``dataset/mnist.py``. Nothing is read at import and nothing is ever downloaded: MNIST is read
-from a directory the user gives, and the digits ship inside scikit-learn (an optional extra:
+from a directory the user gives, or found where a reader of the book already has it (see
+:func:`mnist_search_path`), and the digits ship inside scikit-learn (an optional extra:
 ``pip install "fastbp[data]"``).
 """
 
@@ -13,8 +14,8 @@ import zlib
 
 import numpy as np
 
-__all__ = ["DIGITS_SEED", "DIGITS_TRAIN_SIZE", "MNIST_FILES", "load_digits", "load_mnist",
-           "read_idx"]
+__all__ = ["DIGITS_SEED", "DIGITS_TRAIN_SIZE", "MNIST_DIR_ENV", "MNIST_FILES", "load_digits",
+           "load_mnist", "mnist_search_path", "read_idx"]
 
 DIGITS_TRAIN_SIZE = 1500
 """Training images in :func:`load_digits`; the other 297 of the 1797 are the test set."""
@@ -28,7 +29,11 @@ MNIST_FILES = {
     "test_img": "t10k-images-idx3-ubyte.gz",
     "test_label": "t10k-labels-idx1-ubyte.gz",
 }
-"""The four standard MNIST files, under the keys the book's ``dataset/mnist.py`` uses."""
+"""The four standard MNIST files, under the keys the book's ``dataset/mnist.py`` uses. The same
+names without ``.gz`` (uncompressed IDX files) are read too."""
+
+MNIST_DIR_ENV = "FASTBP_MNIST_DIR"
+"""The environment variable :func:`load_mnist` looks at first when it is given no ``path``."""
 
 _IMAGES_MAGIC = 2051
 _LABELS_MAGIC = 2049
@@ -87,11 +92,13 @@ def load_digits(normalize=True, flatten=True, one_hot_label=False):
 
 
 def read_idx(filename, magic):
-    """Read one gzipped IDX file of unsigned bytes, checking its header against its payload.
+    """Read one IDX file of unsigned bytes, gzipped or not, checking its header against its
+    payload.
 
     Parameters
     ----------
     filename : str or path
+        A name ending in ``.gz`` is read as gzip; any other name as an uncompressed IDX file.
     magic : int
         2051 for images (3 dimensions), 2049 for labels (1 dimension).
 
@@ -105,18 +112,25 @@ def read_idx(filename, magic):
     FileNotFoundError
         The file does not exist.
     ValueError
-        The file is not gzip, is truncated or corrupt, has the wrong magic number, or its
-        payload does not have the size its header gives. The message names the file.
+        The file is not gzip (for ``.gz``), is truncated or corrupt, has the wrong magic number,
+        or its payload does not have the size its header gives. The message names the file.
     """
     filename = os.fspath(filename)
     if not os.path.isfile(filename):
         raise FileNotFoundError(f"MNIST file not found: {filename}")
-    try:
-        with gzip.open(filename, "rb") as f:
+    if filename.endswith(".gz"):
+        try:
+            with gzip.open(filename, "rb") as f:
+                data = f.read()
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+            raise ValueError(f"{filename}: not a readable gzip file (truncated or corrupt?): "
+                             f"{exc}") from exc
+    else:
+        with open(filename, "rb") as f:
             data = f.read()
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise ValueError(f"{filename}: not a readable gzip file (truncated or corrupt?): "
-                         f"{exc}") from exc
+        if data[:2] == b"\x1f\x8b":
+            raise ValueError(f"{filename}: this is a gzip file; name it {filename}.gz, or "
+                             "gunzip it")
     ndim = 3 if magic == _IMAGES_MAGIC else 1
     header = 4 + 4 * ndim
     if len(data) < 8:
@@ -139,9 +153,62 @@ def read_idx(filename, magic):
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _load_pair(path, img_key, label_key):
-    images_file = os.path.join(path, MNIST_FILES[img_key])
-    labels_file = os.path.join(path, MNIST_FILES[label_key])
+def _mnist_file(directory, key):
+    """The file for ``key`` in ``directory``: the ``.gz`` name, else the uncompressed one, else
+    None."""
+    gz = os.path.join(directory, MNIST_FILES[key])
+    for candidate in (gz, gz[:-len(".gz")]):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _files_in(directory):
+    """``{key: file or None}`` for the four MNIST files in ``directory``."""
+    return {key: _mnist_file(directory, key) for key in MNIST_FILES}
+
+
+def mnist_search_path():
+    """The directories :func:`load_mnist` searches, in order, when it is given no ``path``.
+
+    Returns
+    -------
+    list of (str, str)
+        ``(directory, where it comes from)``: ``$FASTBP_MNIST_DIR`` if set, then ``./dataset``
+        and ``../dataset`` relative to the working directory (where the book's
+        ``dataset/mnist.py`` saves the files it downloads, for scripts run from ``ch05/``).
+    """
+    places = []
+    env = os.environ.get(MNIST_DIR_ENV)
+    if env:
+        places.append((os.path.abspath(env), f"${MNIST_DIR_ENV}"))
+    places.append((os.path.abspath("dataset"), "./dataset"))
+    places.append((os.path.abspath(os.path.join(os.pardir, "dataset")), "../dataset"))
+    return places
+
+
+def _find_mnist_dir():
+    """The first searched directory that holds any MNIST file; FileNotFoundError naming every
+    place searched if none does."""
+    report = []
+    for directory, origin in mnist_search_path():
+        if not os.path.isdir(directory):
+            report.append(f"{origin} = {directory} (no such directory)")
+        elif any(_files_in(directory).values()):
+            return directory
+        else:
+            report.append(f"{origin} = {directory} (no MNIST files)")
+    if not os.environ.get(MNIST_DIR_ENV):
+        report.insert(0, f"${MNIST_DIR_ENV} (not set)")
+    raise FileNotFoundError(
+        "MNIST not found; searched:\n  " + "\n  ".join(report) + "\n"
+        f"Put {', '.join(MNIST_FILES.values())} (or the same names without .gz) in one of "
+        f"these, set ${MNIST_DIR_ENV} to their directory, or pass path=. fastbp never "
+        "downloads.")
+
+
+def _load_pair(files, img_key, label_key):
+    images_file, labels_file = files[img_key], files[label_key]
     images = read_idx(images_file, _IMAGES_MAGIC)
     labels = read_idx(labels_file, _LABELS_MAGIC)
     if images.shape[0] != labels.shape[0]:
@@ -155,20 +222,24 @@ def _load_pair(path, img_key, label_key):
     return images, labels
 
 
-def load_mnist(path, normalize=True, flatten=True, one_hot_label=False):
-    """MNIST from the four standard IDX ``.gz`` files in ``path``, as the book's ``load_mnist``.
+def load_mnist(normalize=True, flatten=True, one_hot_label=False, path=None):
+    """MNIST from the four standard IDX files, called as the book's ``load_mnist``.
 
     Parameters
     ----------
-    path : str or path
-        The directory that holds ``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
-        ``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz``. Nothing is downloaded.
     normalize : bool
-        Pixels as float32 in [0, 1] (``/ 255.0``); if False, uint8 in 0..255.
+        Pixels as float32 in [0, 1] (``/ 255.0``); if False, uint8 in 0..255. A net trained
+        on unscaled 0..255 pixels does not learn (its loss stays near 2.30).
     flatten : bool
         Images as (N, 784); if False, (N, 1, 28, 28).
     one_hot_label : bool
         Labels as float (N, 10) one-hot; if False, uint8 (N,).
+    path : str or path, optional
+        The directory that holds ``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
+        ``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz``, or the same names
+        without ``.gz``. By default the first directory of :func:`mnist_search_path`
+        (``$FASTBP_MNIST_DIR``, ``./dataset``, ``../dataset``) that holds any of them.
+        Nothing is downloaded.
 
     Returns
     -------
@@ -177,18 +248,35 @@ def load_mnist(path, normalize=True, flatten=True, one_hot_label=False):
     Raises
     ------
     FileNotFoundError
-        ``path`` or one of the files is missing.
+        ``path`` is not a directory; or, without ``path``, no searched directory holds an
+        MNIST file (the message names every place searched); or files are missing (the
+        message names all of them).
     ValueError
         A file is truncated, corrupt, not IDX, or does not match its partner file. The message
         names the file.
+    TypeError
+        A directory was passed as the first argument (fastbp 0.1.0 took ``path`` first; the
+        book's first argument is ``normalize``).
     """
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"MNIST directory not found: {path} (it must hold "
-                                f"{', '.join(MNIST_FILES.values())})")
+    if isinstance(normalize, (str, bytes, os.PathLike)):
+        raise TypeError(f"load_mnist's first argument is normalize, as in the book; pass the "
+                        f"directory as load_mnist(path={normalize!r})")
+    if path is None:
+        path = _find_mnist_dir()
+    else:
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"MNIST directory not found: {path} (it must hold "
+                                    f"{', '.join(MNIST_FILES.values())})")
+    files = _files_in(path)
+    missing = [MNIST_FILES[k] for k, f in files.items() if f is None]
+    if missing:
+        raise FileNotFoundError(
+            f"MNIST files missing in {path}: {', '.join(missing)} (or the same names without "
+            f".gz); found {len(files) - len(missing)} of 4")
     sets = []
     for img_key, label_key in (("train_img", "train_label"), ("test_img", "test_label")):
-        images, labels = _load_pair(path, img_key, label_key)
+        images, labels = _load_pair(files, img_key, label_key)
         x = images.reshape(-1, 1, 28, 28)
         if normalize:
             x = x.astype(np.float32) / 255.0

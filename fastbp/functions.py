@@ -35,7 +35,10 @@ __all__ = [
 ]
 
 
-def _sigmoid_parts(x):
+def sigmoid_parts(x):
+    """``(sigmoid(x), sigmoid(-|x|), out_dtype)``: the first two in the compute dtype of ``x``,
+    from one kernel pass. As :func:`fastbp.reference.functions.sigmoid_parts`; the second array
+    (``min(s, 1 - s)``, exact) is what :class:`fastbp.layers.Sigmoid` keeps for ``backward``."""
     xc, out_dtype = v.float_input(x, contiguous=True)
     out = np.empty_like(xc)
     tail = np.empty_like(xc)
@@ -45,14 +48,14 @@ def _sigmoid_parts(x):
 
 def sigmoid(x):
     """The logistic function, in the stable two-branch form (no overflow warning at -1000)."""
-    out, _, out_dtype = _sigmoid_parts(x)
+    out, _, out_dtype = sigmoid_parts(x)
     return v.as_result(out, out_dtype)
 
 
 def sigmoid_grad(x):
     """Derivative of :func:`sigmoid` at ``x``: ``s * (1 - s)``, computed as ``t * (1 - t)`` with
     ``t = sigmoid(-|x|)``, to full relative precision also where ``s`` is near 1."""
-    _, tail, out_dtype = _sigmoid_parts(x)
+    _, tail, out_dtype = sigmoid_parts(x)
     return v.as_result(tail * (1 - tail), out_dtype)
 
 

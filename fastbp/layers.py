@@ -7,10 +7,14 @@ A drop-in for the book's ``common/layers.py`` and ``ch05/layer_naive.py``: repla
 attribute names. :mod:`fastbp.reference.layers` holds the same classes in plain NumPy.
 """
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from fastbp import validation as v
-from fastbp.kernels import activations, affine, batchnorm, dropout, softmax
+from fastbp.functions import sigmoid_parts
+from fastbp.kernels import activations, affine, batchnorm, conv, dropout, parallel, pool, softmax
 from fastbp.reference.layers import (
     BATCHNORM_EPS,
     AddLayer,
@@ -18,18 +22,10 @@ from fastbp.reference.layers import (
     dropout_uniforms,
     running_statistics,
 )
-from fastbp.threads import product_threads
+from fastbp.threads import ProductThreads
 
-__all__ = [
-    "AddLayer",
-    "Affine",
-    "BatchNormalization",
-    "Dropout",
-    "MulLayer",
-    "Relu",
-    "Sigmoid",
-    "SoftmaxWithLoss",
-]
+__all__ = ["AddLayer", "Affine", "BatchNormalization", "Convolution", "Dropout", "MulLayer",
+           "Pooling", "Relu", "Sigmoid", "SoftmaxWithLoss"]
 
 
 class Relu:
@@ -73,22 +69,21 @@ class Sigmoid:
 
     def __init__(self):
         self.out = None
+        self._tail = None  # sigmoid(-|x|), for backward
 
     def forward(self, x):
-        xc, out_dtype = v.float_input(x, contiguous=True)
-        out = np.empty_like(xc)
-        self._tail = np.empty_like(xc)
-        activations.sigmoid_forward(xc.reshape(-1), out.reshape(-1), self._tail.reshape(-1))
+        out, self._tail, out_dtype = sigmoid_parts(x)
         self.out = v.as_result(out, out_dtype)
         return self.out
 
     def backward(self, dout):
         v.require_forward(self.out, "Sigmoid")
         dout = v.gradient_for(dout, self.out.shape, "Sigmoid")
-        (d, t), out_dtype = v.float_inputs(("dout", "out"), dout, self._tail, contiguous=True)
+        # float16 runs in float32: the result takes the dtype of dout * out, not of the tail
+        (d, t), _ = v.float_inputs(("dout", "out"), dout, self._tail, contiguous=True)
         dx = np.empty_like(t)
         activations.sigmoid_backward(d.reshape(-1), t.reshape(-1), dx.reshape(-1))
-        return v.as_result(dx, out_dtype)
+        return v.as_result(dx, v.result_dtype(dout, self.out.dtype))
 
 
 def _bias_row(bc, h):
@@ -107,8 +102,10 @@ class Affine:
 
     ``W`` and ``b`` are kept by reference and read on every call, so in-place optimizer updates
     and reassignment (``layer.W = ...``) are both seen. The products run in BLAS, on the thread
-    count :class:`fastbp.threads.product_threads` picks; the bias add and ``db`` are kernels.
-    ``backward`` returns ``dx`` in the input's shape and sets ``dW`` and ``db``.
+    count :class:`fastbp.threads.ProductThreads` picks; the bias add and ``db`` are kernels.
+    ``backward`` returns ``dx`` in the input's shape and sets ``dW`` and ``db``. A call whose
+    arrays have the shapes and dtype of the previous call, and are C-contiguous ``ndarray`` s,
+    skips the checks, which it would pass unchanged (:func:`fastbp.validation.same_call`).
     """
 
     def __init__(self, W, b):
@@ -116,18 +113,24 @@ class Affine:
         self.b = b
         self.x = None
         self.original_x_shape = None
+        self._x_dtype = None
         self.dW = None
         self.db = None
+        self._forward_key = None
+        self._backward_key = None
 
     def forward(self, x):
-        x = v._as_array(x, "x")
-        W = v._as_array(self.W, "W")
-        x2 = v.affine_shapes(x, W, self.b)
-        (xc, Wc, bc), out_dtype = v.float_inputs(("x", "W", "b"), x2, W, self.b)
-        self.original_x_shape = x.shape
-        self.x = xc
+        if self._forward_key is not None and v.same_call(self._forward_key, x, self.W, self.b):
+            xc, Wc, bc, out_dtype = x, self.W, self.b, x.dtype
+            if xc.ndim != 2:
+                xc = xc.reshape(xc.shape[0], Wc.shape[0])
+        else:
+            x, xc, Wc, bc, out_dtype = v.affine_inputs(x, self.W, self.b)
+            self._forward_key = v.call_key(x, self.W, self.b)
+        self.original_x_shape, self.x = x.shape, xc
+        self._x_dtype = x.dtype  # xc may be float32 for float16 x: backward casts back to this
         out = np.empty((xc.shape[0], Wc.shape[1]), dtype=xc.dtype)
-        with product_threads(2 * xc.shape[0] * xc.shape[1] * Wc.shape[1]):
+        with ProductThreads(2 * xc.shape[0] * xc.shape[1] * Wc.shape[1]):
             np.dot(xc, Wc, out=out)
         row = _bias_row(bc, out.shape[1])
         if row is None:  # a bias with a batch axis: plain broadcasting
@@ -137,19 +140,38 @@ class Affine:
         return v.as_result(out, out_dtype)
 
     def backward(self, dout):
+        dx, out_dtype = self._backward(dout, need_dx=True)
+        return v.as_result(dx, out_dtype).reshape(self.original_x_shape)
+
+    def _backward_params(self, dout):
+        """``backward`` without ``dx``: sets ``dW`` and ``db`` only, and returns None.
+
+        For networks, which never read their first layer's ``dx`` (a third of the products
+        of a two-layer step); a drop-in caller uses ``backward``.
+        """
+        self._backward(dout, need_dx=False)
+
+    def _backward(self, dout, need_dx):
         v.require_forward(self.x, "Affine")
-        W = v._as_array(self.W, "W")
-        dout = v.gradient_for(dout, (self.x.shape[0], W.shape[1]), "Affine")
-        (d, Wc, xc), out_dtype = v.float_inputs(("dout", "W", "x"), dout, W, self.x,
-                                                contiguous=True)
+        W = self.W
+        if (self._backward_key is not None and self._x_dtype == self.x.dtype
+                and v.same_call(self._backward_key, dout, W, self.x)):
+            d, Wc, xc, out_dtype = dout, W, self.x, dout.dtype
+        else:
+            W = v._as_array(W, "W")
+            dout = v.gradient_for(dout, (self.x.shape[0], W.shape[1]), "Affine")
+            out_dtype = v.result_dtype(dout, W, self._x_dtype)
+            (d, Wc, xc), _ = v.float_inputs(("dout", "W", "x"), dout, W, self.x,
+                                            contiguous=True)
+            self._backward_key = v.call_key(dout, self.W, self.x)
         db = np.empty(d.shape[1], dtype=d.dtype)
         affine.column_sum(d, db)  # before the products: BLAS's threads spin for a while after
-        with product_threads(4 * xc.shape[0] * xc.shape[1] * Wc.shape[1]):
-            dx = np.dot(d, Wc.T)
+        with ProductThreads(2 * xc.shape[0] * xc.shape[1] * Wc.shape[1]):  # each product's
+            dx = np.dot(d, Wc.T) if need_dx else None
             dW = np.dot(xc.T, d)
         self.dW = v.as_result(dW, out_dtype)
         self.db = v.as_result(db, out_dtype)
-        return v.as_result(dx, out_dtype).reshape(self.original_x_shape)
+        return dx, out_dtype
 
 
 class SoftmaxWithLoss:
@@ -159,20 +181,34 @@ class SoftmaxWithLoss:
     logits (N, C) or (C,), and integer labels (N,) or (N, 1) in any integer dtype, or
     probability/one-hot targets (N, C). It returns the mean loss. ``y`` holds the softmax
     probabilities, ``t`` the targets as given, ``loss`` the loss. ``backward(dout=1)`` scales
-    the gradient by ``dout``.
+    the gradient by ``dout``. Logits of the previous call's shape and dtype, C-contiguous, with
+    ``intp`` labels (N,) skip the checks they would pass unchanged; the labels' range is
+    checked on every call.
     """
 
     def __init__(self):
         self.loss = None
         self.y = None
         self.t = None
+        # for backward: the targets' form and converted values, the softmax as a contiguous
+        # (N, C) array in the compute dtype, the input's shape and the result dtype
+        self._kind = self._target = self._y = None
+        self._x_shape = self._out_dtype = None
+        self._key = None  # the last checked call, for the fast path (validation.same_call)
 
     def forward(self, x, t):
-        xc, out_dtype = v.logits(x, contiguous=True)
-        x2, x_shape = v.logits_2d(xc)
-        if xc.ndim == 1:
-            t = np.reshape(t, (1, -1))
-        kind, target = v.targets(t, x2.shape)
+        target = None
+        if self._key is not None and v.same_call(self._key, x):
+            target = v.labels_in_range(t, x.shape)
+        if target is not None:
+            x2, x_shape, out_dtype, kind = x, x.shape, x.dtype, "labels"
+        else:
+            xc, out_dtype = v.logits(x, contiguous=True)
+            x2, x_shape = v.logits_2d(xc)
+            if xc.ndim == 1:
+                t = np.reshape(t, (1, -1))
+            kind, target = v.targets(t, x2.shape)
+            self._key = v.call_key(x) if np.ndim(x) == 2 else None
         self.t, self._x_shape = t, x_shape
         n = x2.shape[0]
         y = np.empty_like(x2)
@@ -190,13 +226,242 @@ class SoftmaxWithLoss:
     def backward(self, dout=1):
         v.require_forward(self.y, "SoftmaxWithLoss")
         y = self._y
-        scale = y.dtype.type(v.loss_gradient_scale(dout) / max(y.shape[0], 1))
+        one = type(dout) is int and dout == 1  # the book's call, checked without NumPy
+        scale = y.dtype.type((1 if one else v.loss_gradient_scale(dout)) / max(y.shape[0], 1))
         dx = np.empty_like(y)
         if self._kind == "labels":
             softmax.softmax_cross_entropy_labels_backward(y, self._target, scale, dx)
         else:
             softmax.softmax_cross_entropy_probs_backward(y, self._target, scale, dx)
         return v.as_result(dx, self._out_dtype).reshape(self._x_shape)
+
+
+class Convolution:
+    """2-d convolution (cross-correlation, as in the book) of (N, C, H, W) input with
+    (FN, C, FH, FW) filters ``W``, plus one bias per filter ``b`` (shape (FN,), or a scalar).
+
+    ``W`` and ``b`` are kept by reference and read on every call. The output is
+    (N, FN, OH, OW), ``OH = (H + 2 * pad - FH) // stride + 1`` (likewise OW), as in the book.
+    ``backward`` sets ``dW`` and ``db`` and returns ``dx``; with ``need_dx = False`` (a fastbp
+    extension, for a network's first layer, whose input needs no gradient) it returns ``None``
+    and skips that work.
+
+    A kernel copies the windows of each image into a (C * FH * FW + 1, OH * OW) matrix with a
+    row of ones, a few images at a time, and BLAS multiplies ``[W | b]`` by them while they are
+    in cache: the output comes in (N, FN, OH, OW) order with the bias added. ``backward``: one
+    product per image gives ``[dW | db]``, another the windows' gradient, which a kernel adds
+    back into ``dx``. Large batches are split over threads by images. ``col`` (the book's
+    layout, built when read) and ``col_W`` give the book's intermediates.
+    """
+
+    def __init__(self, W, b, stride=1, pad=0):
+        self.W = W
+        self.b = b
+        self.stride = stride
+        self.pad = pad
+        self.x = None
+        self.dW = None
+        self.db = None
+        self.need_dx = True
+        self._col = None
+        self._W2 = None
+
+    @property
+    def col(self):
+        """The book's ``col`` of the last forward pass: (N * OH * OW, C * FH * FW), a copy in
+        the book's layout."""
+        if self._col is None:
+            return None
+        n, rows, p = self._col.shape
+        return self._col[:, :rows - 1].transpose(0, 2, 1).reshape(n * p, rows - 1)
+
+    @property
+    def col_W(self):
+        """The book's ``col_W``: the filters of the last forward pass as (C * FH * FW, FN)."""
+        return None if self._W2 is None else self._W2.T
+
+    def forward(self, x):
+        x = v._as_array(x, "x")
+        W = v._as_array(self.W, "W")
+        stride, pad, oh, ow = v.conv_geometry(x, W, self.b, self.stride, self.pad)
+        (xc, Wc, bc), out_dtype = v.float_inputs(("x", "W", "b"), x, W, self.b, contiguous=True)
+        n = xc.shape[0]
+        fn, c, fh, fw = W.shape
+        k, p = c * fh * fw, oh * ow
+        W2 = Wc.reshape(fn, k)
+        Wb = np.empty((fn, k + 1), dtype=xc.dtype)
+        Wb[:, :k] = W2
+        Wb[:, k] = v.bias_vector(bc, fn)
+        self._col = None  # the last pass's columns: freed before the new ones are made
+        out = np.empty((n, fn, oh, ow), dtype=xc.dtype)
+        out3 = out.reshape(n, fn, p)
+        chunk = _images_per_chunk(k + 1, p, xc.dtype)
+
+        col = np.empty((n, k + 1, p), dtype=xc.dtype)
+
+        def images(lo, hi, serial):
+            unfold = conv.unfold.serial if serial else conv.unfold
+            for s in range(lo, hi, chunk):
+                e = min(hi, s + chunk)
+                unfold(xc[s:e], fh, fw, stride, pad, col[s:e])
+                np.matmul(Wb, col[s:e], out=out3[s:e])  # while the chunk is in cache
+
+        _over_images(images, n, col.size, 2 * fn * (k + 1) * p)
+        self.x, self._col, self._W2 = xc, col, W2
+        self._geometry, self._out_dtype = (W.shape, stride, pad, oh, ow), out_dtype
+        return v.as_result(out, out_dtype)
+
+    def backward(self, dout):
+        v.require_forward(self.x, "Convolution")
+        w_shape, stride, pad, oh, ow = self._geometry
+        W = v.filters_for_backward(self.W, w_shape)
+        fn, c, fh, fw = w_shape
+        n, k, p = self.x.shape[0], c * fh * fw, oh * ow
+        dout = v.gradient_for(dout, (n, fn, oh, ow), "Convolution")
+        out_dtype, work = v.backward_dtypes(self._out_dtype, dout, W)
+        d = np.asarray(dout, dtype=work, order="C").reshape(n, fn, p)
+        col = self._col.astype(work, copy=False)
+        W2T = np.asarray(W, dtype=work).reshape(fn, k).T
+        need_dx = self.need_dx
+        parts = np.empty((n, fn, k + 1), dtype=work)  # [dW | db] of each image
+        dx = np.empty(self.x.shape, dtype=work) if need_dx else None
+        chunk = _images_per_chunk(k + 1, p, work)
+
+        def images(lo, hi, serial):
+            fold = conv.fold.serial if serial else conv.fold
+            dcol = np.empty((min(chunk, hi - lo), k, p), dtype=work) if need_dx else None
+            for s in range(lo, hi, chunk):
+                e = min(hi, s + chunk)
+                np.matmul(d[s:e], col[s:e].transpose(0, 2, 1), out=parts[s:e])
+                if need_dx:
+                    np.matmul(W2T, d[s:e], out=dcol[:e - s])
+                    fold(dcol[:e - s], fh, fw, stride, pad, dx[s:e])
+
+        _over_images(images, n, col.size, 2 * fn * (k + 1) * p)
+        grads = np.empty(fn * (k + 1), dtype=work)
+        affine.column_sum(parts.reshape(n, fn * (k + 1)), grads)  # images added in order
+        grads = grads.reshape(fn, k + 1)
+        self.dW = v.as_result(grads[:, :k].reshape(w_shape), out_dtype)
+        self.db = v.as_result(grads[:, k].copy(), out_dtype)
+        return None if dx is None else v.as_result(dx, out_dtype)
+
+
+CONV_CHUNK_BYTES = 1 << 18
+"""``Convolution`` unfolds this many bytes of images at a time (at least one image): a buffer
+that stays in a core's cache between the kernel that writes it and the product that reads it."""
+
+
+def _images_per_chunk(rows, p, dtype):
+    return max(1, CONV_CHUNK_BYTES // (rows * p * np.dtype(dtype).itemsize))
+
+
+_image_threads = None
+
+
+def _forget_image_threads():
+    """In a forked child the pool's threads do not exist: start a new pool when needed."""
+    global _image_threads
+    _image_threads = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_image_threads)
+
+
+IMAGE_PRODUCT_FLOPS = 1 << 27
+"""Convolution's per-image products of at least this many floating-point operations (134 MFLOP,
+about 4 ms on one core) run one image at a time on BLAS's threads; smaller ones run on one BLAS
+thread each, with the images spread over the kernel threads."""
+
+
+def _over_images(images, n, size, flops_per_image):
+    """Run ``images(lo, hi, serial)`` over the images ``[0, n)``: at once, or split into
+    contiguous ranges on threads (the kernels' rule, :func:`fastbp.kernels.parallel.threads_for`).
+
+    Each image is computed by the same code, with single-threaded products, whichever thread
+    runs it, so the results do not depend on the thread count. Products of at least
+    :data:`IMAGE_PRODUCT_FLOPS` run one image at a time instead, on BLAS threads for the idle
+    cores (:class:`fastbp.threads.ProductThreads`).
+    """
+    global _image_threads
+    big = flops_per_image >= IMAGE_PRODUCT_FLOPS
+    count = 1 if big else min(n, parallel.threads_for(size))
+    with ProductThreads(flops_per_image, most=None if big else 1):
+        if count < 2:
+            images(0, n, False)
+            return
+        if _image_threads is None:
+            _image_threads = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
+                                                thread_name_prefix="fastbp-images")
+        bounds = [n * t // count for t in range(count + 1)]
+        futures = [_image_threads.submit(images, bounds[t], bounds[t + 1], True)
+                   for t in range(1, count)]
+        try:
+            images(bounds[0], bounds[1], True)
+        finally:
+            for f in futures:
+                f.result()
+
+
+class Pooling:
+    """Max pooling over ``pool_h`` x ``pool_w`` windows of (N, C, H, W) input, moved by ``stride``.
+
+    Each output is the largest element of its window; among equal largest elements the first in
+    row-major window order wins, and a NaN wins over any number (the first NaN, as in PyTorch).
+    ``pad`` rows and columns are added around the input but never win: the output has
+    ``OH = (H + 2 * pad - pool_h) // stride + 1`` rows, padding counted (PyTorch's rule; the book
+    leaves pad out of the output size and pads with zeros). ``pad`` may be at most half the pool
+    size. Where windows overlap (``stride`` smaller than the pool), their gradients add up.
+
+    One kernel writes the output and each window's winner in one pass; ``backward`` sends each
+    gradient to its winner. ``arg_max`` gives the book's intermediate (built when read).
+    """
+
+    def __init__(self, pool_h, pool_w, stride=1, pad=0):
+        self.pool_h = pool_h
+        self.pool_w = pool_w
+        self.stride = stride
+        self.pad = pad
+        self.x = None
+        self._arg = None
+
+    @property
+    def arg_max(self):
+        """The book's ``arg_max``: the winner's offset in its window, rows in (n, oh, ow, c)
+        order."""
+        if self._arg is None:
+            return None
+        _, pw, stride, pad, oh, ow = self._geometry
+        row, column = np.divmod(self._arg.astype(np.intp), self.x.shape[3])
+        i = row - (np.arange(oh)[:, None] * stride - pad)
+        j = column - (np.arange(ow) * stride - pad)
+        return (i * pw + j).transpose(0, 2, 3, 1).reshape(-1)
+
+    def forward(self, x):
+        x = v._as_array(x, "x")
+        ph, pw, stride, pad, oh, ow = v.pool_geometry(x, self.pool_h, self.pool_w, self.stride,
+                                                      self.pad)
+        xc, out_dtype = v.float_input(x, contiguous=True)
+        n, c, h, w = xc.shape
+        out = np.empty((n, c, oh, ow), dtype=xc.dtype)
+        arg = np.empty((n, c, oh, ow), dtype=np.int32 if h * w < 2**31 else np.intp)
+        pool.max_pool_forward(xc.reshape(n * c, h, w), ph, pw, stride, pad,
+                              out.reshape(n * c, oh, ow), arg.reshape(n * c, oh, ow))
+        self.x, self._arg = xc, arg
+        self._geometry, self._out_dtype = (ph, pw, stride, pad, oh, ow), out_dtype
+        return v.as_result(out, out_dtype)
+
+    def backward(self, dout):
+        v.require_forward(self.x, "Pooling")
+        n, c, h, w = self.x.shape
+        oh, ow = self._geometry[4:]
+        dout = v.gradient_for(dout, (n, c, oh, ow), "Pooling")
+        out_dtype, work = v.backward_dtypes(self._out_dtype, dout)
+        d = np.asarray(dout, dtype=work, order="C")
+        dx = np.empty(self.x.shape, dtype=work)
+        pool.max_pool_backward(d.reshape(n * c, oh, ow), self._arg.reshape(n * c, oh, ow),
+                               dx.reshape(n * c, h, w))
+        return v.as_result(dx, out_dtype)
 
 
 class Dropout:
@@ -220,7 +485,7 @@ class Dropout:
 
     def forward(self, x, train_flg=True):
         ratio = v.dropout_ratio(self.dropout_ratio)
-        if v.kernel_ready(x):
+        if v.call_key(x) is not None:
             xc, out_dtype = x, x.dtype  # the usual case: nothing to convert
         else:
             xc, out_dtype = v.float_input(x, contiguous=True)
@@ -241,7 +506,7 @@ class Dropout:
         v.require_forward(self._saved, "Dropout")
         shape, factor = self._saved
         dout = v.gradient_for(dout, shape, "Dropout")
-        if v.kernel_ready(dout):
+        if v.call_key(dout) is not None:
             d, out_dtype = dout, dout.dtype
         else:
             d, out_dtype = v.float_input(dout, "dout", contiguous=True)
@@ -317,7 +582,7 @@ class BatchNormalization:
         x2 = x if x.ndim == 2 else v.batchnorm_input(x)
         n, d = x2.shape
         gamma, beta = self.gamma, self.beta
-        if v.kernel_ready(x2, gamma, beta) and gamma.shape == beta.shape == (d,):
+        if v.call_key(x2, gamma, beta) is not None and gamma.shape == beta.shape == (d,):
             xc, out_dtype = x2, x2.dtype  # the usual case: nothing to convert
         else:
             v.feature_parameter(gamma, "gamma", x.shape, d)
@@ -353,7 +618,8 @@ class BatchNormalization:
         dout = v.gradient_for(dout, shape, "BatchNormalization")
         n, d = xc.shape
         gamma = self.gamma
-        if v.kernel_ready(xc, dout, gamma) and fwd_dtype == xc.dtype and gamma.shape == (d,):
+        if (v.call_key(xc, dout, gamma) is not None and fwd_dtype == xc.dtype
+                and gamma.shape == (d,)):
             dout, work, out_dtype = dout.reshape(n, d), xc.dtype, fwd_dtype  # the usual case
         else:
             v.feature_parameter(gamma, "gamma", shape, d)

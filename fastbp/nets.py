@@ -16,22 +16,10 @@ from collections import OrderedDict
 
 import numpy as np
 
+from fastbp.backends import BACKENDS, layer_module
 from fastbp.gradient import numerical_gradient
 
 __all__ = ["BACKENDS", "MultiLayerNet", "MultiLayerNetExtend", "TwoLayerNet", "layer_module"]
-
-BACKENDS = ("kernel", "reference")
-
-
-def layer_module(backend):
-    """The module that holds the layer classes of ``backend`` ("kernel" or "reference")."""
-    if backend == "kernel":
-        from fastbp import layers
-    elif backend == "reference":
-        from fastbp.reference import layers
-    else:
-        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
-    return layers
 
 
 def _standard_normal(rng, shape):
@@ -79,8 +67,20 @@ class _Net:
     def _backprop(self, x, t, **loss_options):
         self.loss(x, t, **loss_options)
         dout = self.last_layer.backward(1)
-        for layer in reversed(self.layers.values()):
+        layers = list(self.layers.values())
+        for layer in reversed(layers[1:]):
             dout = layer.backward(dout)
+        _backward_first(layers[0], dout)
+
+
+def _backward_first(layer, dout):
+    """The first layer's backward pass. Nobody reads its ``dx``, so a layer that can skip it
+    (a kernel ``Affine``: ``_backward_params``, which sets only ``dW`` and ``db``) does."""
+    skip_dx = getattr(layer, "_backward_params", None)
+    if skip_dx is None:
+        layer.backward(dout)
+    else:
+        skip_dx(dout)
 
 
 class TwoLayerNet(_Net):

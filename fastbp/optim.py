@@ -15,6 +15,7 @@ in float32.
 
 import numpy as np
 
+from fastbp.backends import check_backend
 from fastbp.kernels import optim as kernels
 from fastbp.validation import COMPUTE_DTYPES
 
@@ -22,14 +23,6 @@ __all__ = ["OPTIMIZERS", "SGD", "AdaGrad", "Adam", "Momentum", "Nesterov", "RMSp
 
 EPS = 1e-7
 """Added to the root in AdaGrad, RMSprop and Adam, as in the book."""
-
-_BACKENDS = ("kernel", "reference")
-
-
-def _check_backend(backend):
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}; got {backend!r}")
-    return backend
 
 
 def _flat(*arrays):
@@ -61,7 +54,7 @@ class _Optimizer:
     fuse_min_elements = 0
 
     def __init__(self, backend):
-        self.backend = _check_backend(backend)
+        self.backend = check_backend(backend)
 
     def _fused(self, *arrays):
         if self.backend != "kernel" or np.size(arrays[0]) < self.fuse_min_elements:

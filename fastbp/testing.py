@@ -17,26 +17,33 @@ dtype, and checks that no input was modified::
         (x,), dtype=np.float32, grads=("dW", "db"),
     )
 
-Tolerances (NUMERICS.md): in float64 the two must agree within ``rtol = 1e-12`` and
-``atol = 1e-12 * max|reference|``. In float32 (and float16) the reference runs in float64 on the
-*same* rounded inputs; arrays must agree within ``rtol = 1.3e-6`` and
-``atol = 1e-5 * max|reference|`` (torch's float32 defaults, scaled), a scalar loss within
-``atol = 1e-6 * max(1, |loss|)``. NaN must meet NaN, and inf the same inf. No element is held to
-less than 4 units in the last place of the candidate's dtype, which only matters for subnormal
-results (a float32 gradient of 2e-42 has 11 bits, and its spacing is absolute).
+Tolerances (docs/numerics.md, section 7, is the full statement): in float64 the two must agree
+within ``rtol = 1e-12`` and ``atol = 1e-12 * max|reference|``. In float32 (and float16) the
+reference runs in float64 on the *same* rounded inputs; arrays must agree within
+``rtol = 1.3e-6`` and ``atol = 1e-5 * max|reference|`` (torch's float32 defaults, scaled), a
+scalar loss within ``atol = 1e-6 * max(1, |loss|)``. NaN must meet NaN, and inf the same inf. No
+element is held to less than 4 units in the last place of the candidate's dtype, which only
+matters for subnormal results (a float32 gradient of 2e-42 has 11 bits, and its spacing is
+absolute).
 """
 
 import dataclasses
 
 import numpy as np
 
+from fastbp.backends import layer_module
+
 __all__ = [
     "Check",
     "Comparison",
+    "FixedUniforms",
+    "LayerCase",
     "assert_finite_differences",
     "assert_layers_agree",
+    "away_from_zero",
     "compare_layers",
     "finite_difference_check",
+    "layer_cases",
     "tolerances",
 ]
 
@@ -166,7 +173,7 @@ def compare_layers(make_candidate, make_reference, inputs, *, dtype=np.float64, 
     -------
     Comparison
         Checks for the forward output(s), the backward output(s), each of ``grads``, the
-        output dtype, and that no input array was modified.
+        dtype of every one of them, and that no input array was modified.
     """
     dtype = np.dtype(dtype)
     ref_dtype = np.dtype(np.float64)
@@ -190,9 +197,6 @@ def compare_layers(make_candidate, make_reference, inputs, *, dtype=np.float64, 
     scales = scales or {}
     pairs = zip(_outputs(c_out), _outputs(r_out), strict=True)
     checks = [_compare("forward", c, r, dtype, scales.get("forward", 0.0)) for c, r in pairs]
-    got_dtype = np.asarray(_outputs(c_out)[0]).dtype
-    checks.append(Check("dtype", float(got_dtype != dtype), 0.0,
-                        0.0 if got_dtype == dtype else np.inf, f"got {got_dtype}"))
 
     if dout is None:
         shape = np.shape(_outputs(r_out)[0])
@@ -205,6 +209,14 @@ def compare_layers(make_candidate, make_reference, inputs, *, dtype=np.float64, 
     for g in grads:
         checks.append(_compare(g, getattr(candidate, g), getattr(reference, g), dtype,
                                scales.get(g, 0.0)))
+    # Every float output is in the candidate's dtype: forward, backward, and each gradient.
+    produced = [("forward", o) for o in _outputs(c_out)]
+    produced += [("backward", o) for o in _outputs(c_dx)]
+    produced += [(g, getattr(candidate, g)) for g in grads]
+    wrong = [f"{q} {np.asarray(o).dtype}" for q, o in produced
+             if np.asarray(o).dtype.kind == "f" and np.asarray(o).dtype != dtype]
+    checks.append(Check("dtype", float(bool(wrong)), 0.0, np.inf if wrong else 0.0,
+                        "got " + ", ".join(wrong) if wrong else ""))
 
     changed = [i for i, (a, b) in enumerate(zip(c_inputs, before, strict=True))
                if b is not None and not np.array_equal(a, b, equal_nan=True)]
@@ -282,3 +294,130 @@ def assert_finite_differences(make_layer, inputs, **kwargs):
         raise AssertionError("finite differences disagree: " + ", ".join(
             f"{c.quantity}: {c.max_error:.3e}" for c in bad))
     return checks
+
+
+# --- the standard cases ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LayerCase:
+    """A layer and the data to run it on: ``make(module, cast)`` builds it from either backend.
+
+    ``inputs`` are the arguments of ``forward``; ``grads`` the attributes that ``backward`` sets
+    (compared too); ``params`` maps each parameter attribute to its gradient attribute, for the
+    finite-difference check.
+    """
+
+    name: str
+    make: object
+    inputs: tuple
+    grads: tuple = ()
+    params: dict = dataclasses.field(default_factory=dict)
+
+    def candidate(self, cast):
+        """The kernel layer (:mod:`fastbp.layers`), built with ``cast``."""
+        return self.make(layer_module("kernel"), cast)
+
+    def reference(self, cast):
+        """The reference layer (:mod:`fastbp.reference.layers`), built with ``cast``."""
+        return self.make(layer_module("reference"), cast)
+
+
+def away_from_zero(rng, shape, low=0.05, high=2.0):
+    """Random values with ``low <= |x| <= high``: finite differences never cross ReLU's kink."""
+    return rng.uniform(low, high, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def layer_cases(seed=0, batch=7):
+    """The standard cases: every kernel-backed layer, every label form, odd sizes, N-d input.
+
+    The registry that the agreement and finite-difference tests and ``fastbp verify`` run: a new
+    layer is added here, once.
+    """
+    rng = np.random.default_rng(seed)
+    x_nd = rng.standard_normal((batch, 3, 4))
+    W, b = rng.standard_normal((12, 9)), rng.standard_normal(9)
+    logits = 3 * rng.standard_normal((batch, 10))
+    labels = rng.integers(0, 10, batch)
+    probs = rng.dirichlet(np.ones(10), batch)
+    return [
+        LayerCase("Relu", lambda m, cast: m.Relu(), (away_from_zero(rng, (batch, 13)),)),
+        LayerCase("Sigmoid", lambda m, cast: m.Sigmoid(),
+                  (3 * rng.standard_normal((batch, 13)),)),
+        LayerCase("Affine", lambda m, cast: m.Affine(cast(W), cast(b)), (x_nd,),
+                  grads=("dW", "db"), params={"W": "dW", "b": "db"}),
+        LayerCase("SoftmaxWithLoss[labels]", lambda m, cast: m.SoftmaxWithLoss(),
+                  (logits, labels)),
+        LayerCase("SoftmaxWithLoss[uint8 (N,1)]", lambda m, cast: m.SoftmaxWithLoss(),
+                  (logits, labels.astype(np.uint8).reshape(-1, 1))),
+        LayerCase("SoftmaxWithLoss[one-hot]", lambda m, cast: m.SoftmaxWithLoss(),
+                  (logits, np.eye(10)[labels])),
+        LayerCase("SoftmaxWithLoss[probs]", lambda m, cast: m.SoftmaxWithLoss(),
+                  (logits, probs)),
+        *conv_cases(rng, batch),
+        *chapter6_cases(rng, seed, batch),
+    ]
+
+
+def conv_cases(rng, batch):
+    """Convolution and Pooling on small odd, non-square images (chapters 7-8)."""
+    x = rng.standard_normal((batch, 3, 9, 8))
+    W1, b1 = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    W2, b2 = rng.standard_normal((5, 3, 4, 2)), rng.standard_normal(5)
+    return [
+        LayerCase("Convolution", lambda m, cast: m.Convolution(cast(W1), cast(b1)), (x,),
+                  grads=("dW", "db"), params={"W": "dW", "b": "db"}),
+        LayerCase("Convolution[stride 2, pad 1]",
+                  lambda m, cast: m.Convolution(cast(W2), cast(b2), stride=2, pad=1), (x,),
+                  grads=("dW", "db"), params={"W": "dW", "b": "db"}),
+        LayerCase("Pooling", lambda m, cast: m.Pooling(2, 2, stride=2), (x,)),
+        LayerCase("Pooling[3x2, stride 1, pad 1]",
+                  lambda m, cast: m.Pooling(3, 2, stride=1, pad=1), (x,)),
+    ]
+
+
+class FixedUniforms:
+    """A stand-in for ``numpy.random.Generator`` whose ``random(shape)`` gives the same numbers
+    on every call: Dropout layers built with it draw one mask, on either backend and on every
+    forward pass (finite differences call ``forward`` many times)."""
+
+    def __init__(self, seed):
+        self.seed = seed
+
+    def random(self, shape):
+        return np.random.default_rng(self.seed).random(shape)
+
+
+def chapter6_cases(rng, seed, batch):
+    """BatchNormalization (2-d and 4-d, train and test mode) and Dropout (train and test,
+    with one fixed mask on both backends: :class:`FixedUniforms`), chapter 6."""
+    x_bn = 2 * rng.standard_normal((batch, 11)) + 1
+    x_bn4 = rng.standard_normal((batch, 2, 3, 2)) - 0.5
+    gamma, beta = rng.uniform(0.5, 2, 11), rng.standard_normal(11)
+    gamma4, beta4 = rng.uniform(0.5, 2, 12), rng.standard_normal(12)
+    running = rng.standard_normal(11), rng.uniform(0.5, 2, 11)
+    running4 = rng.standard_normal(12), rng.uniform(0.5, 2, 12)
+    x_drop = rng.standard_normal((batch, 13))
+    train_grads = ("dgamma", "dbeta", "running_mean", "running_var", "xc", "xn", "std")
+    test_grads = ("dgamma", "dbeta", "running_mean", "running_var")
+    bn_params = {"gamma": "dgamma", "beta": "dbeta"}
+
+    def batchnorm(g, b, stats=None):
+        if stats is None:
+            return lambda m, cast: m.BatchNormalization(cast(g), cast(b), momentum=0.8)
+        return lambda m, cast: m.BatchNormalization(cast(g), cast(b), running_mean=cast(stats[0]),
+                                                    running_var=cast(stats[1]))
+
+    return [
+        LayerCase("BatchNormalization[train]", batchnorm(gamma, beta), (x_bn,),
+                  grads=train_grads, params=bn_params),
+        LayerCase("BatchNormalization[train 4-d]", batchnorm(gamma4, beta4), (x_bn4,),
+                  grads=train_grads, params=bn_params),
+        LayerCase("BatchNormalization[test]", batchnorm(gamma, beta, running),
+                  (x_bn, np.False_), grads=test_grads, params=bn_params),
+        LayerCase("BatchNormalization[test 4-d]", batchnorm(gamma4, beta4, running4),
+                  (x_bn4, np.False_), grads=test_grads, params=bn_params),
+        LayerCase("Dropout[train]", lambda m, cast: m.Dropout(0.3, rng=FixedUniforms(seed)),
+                  (x_drop,), grads=("mask",)),
+        LayerCase("Dropout[test]", lambda m, cast: m.Dropout(0.3), (x_drop, np.False_)),
+    ]

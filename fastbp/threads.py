@@ -9,23 +9,27 @@ turns a 0.1 ms kernel into a 10 ms one.
 The default (``set_num_threads(None)``)
 ---------------------------------------
 * **Kernels** run threaded only for arrays of at least
-  :data:`fastbp.kernels.jit.PARALLEL_MIN_ELEMENTS` elements (2**18: below that, starting threads
-  costs more than it saves on 2 cores), on numba's thread count (``NUMBA_NUM_THREADS``, all
-  cores), and only on cores that are idle at that moment (:data:`~fastbp.kernels.jit.ADAPT_TO_LOAD`:
-  the running-task count of ``/proc/loadavg`` is read, 2 us). A BLAS worker still spinning after
+  :data:`fastbp.kernels.parallel.PARALLEL_MIN_ELEMENTS` elements (2**18: below that, starting
+  threads costs more than it saves on 2 cores), on numba's thread count (``NUMBA_NUM_THREADS``,
+  all cores), and only on cores that are idle at that moment
+  (:data:`~fastbp.kernels.parallel.ADAPT_TO_LOAD`: the running-task count of ``/proc/loadavg`` is
+  read, 2 us). Both settings are changed for a block with
+  :func:`fastbp.kernels.parallel.settings`. A BLAS worker still spinning after
   a product counts as busy, so a kernel that follows a product runs serial.
 * numba's OpenMP threads **sleep** when they wait (``OMP_WAIT_POLICY=PASSIVE``, set only while
   numba starts its pool, unless you set it yourself), so they never hold a core that a BLAS
   thread or the other kernel thread needs.
-* **Small matrix products** (under :data:`SMALL_PRODUCT_FLOPS`, 134 MFLOP: the book's
-  100x784x50 products are 8 MFLOP) run on one BLAS thread, larger ones on BLAS's own count.
-  A small product is over before a second thread pays for its start, and on a busy machine a
-  second BLAS thread waits for a core: the book's products took 3 to 30 times longer on two
-  threads than on one while other processes ran. On an idle machine two threads would be about
-  1.6 times faster for them; we give that up for a time that does not collapse under load, and
-  for results that do not depend on the load (BLAS's last bits depend on its thread count, so
-  the rule is by size only). The BLAS count is changed only around fastbp's own products and
-  restored after them.
+* **Matrix products** (``Affine``'s, in BLAS) of at least :data:`PRODUCT_THREADS_MIN_FLOPS`
+  run on one BLAS thread plus one per idle core at the moment of the call, never more than
+  your BLAS count (:class:`ProductThreads`). On an idle machine a product gets every core BLAS
+  may use: the book's 100x784x50 product took 270 us on one thread and 159 us on two. On a busy
+  machine it gets only the cores nobody else holds: with another process on one of 2 cores,
+  NumPy's default two threads waited for each other and the book's step took 14-42 ms instead
+  of 1 ms. BLAS workers that still spin after fastbp's previous product count as idle (they
+  are ours). The count is lowered only around fastbp's own products and restored after each.
+  BLAS's last bits depend on its thread count, so a product's may depend on the load, within
+  the product's rounding error (the book's 100x784 @ 784x50 on one and on two OpenBLAS threads
+  differed by up to 3e-14 in float64, 3e-5 in float32); fastbp's own kernels never do.
 
 Kernel results never depend on the thread count: every kernel computes each element with the
 same code at any count (tests/test_threads.py and tests/test_determinism.py check it).
@@ -34,53 +38,52 @@ Setting a count by hand
 -----------------------
 ``set_num_threads(n)`` fixes the kernel thread count at ``n`` (1 turns threading off) and turns
 off the load check; ``threads(n)`` does the same for a ``with`` block and then restores what was
-there before, as pynndescent does with numba's count. The BLAS thread count is BLAS's own:
-set ``OPENBLAS_NUM_THREADS`` (or use threadpoolctl) to change it.
+there before, as pynndescent does with numba's count. Both act on the calling Python thread only,
+as numba's own count does: other Python threads keep their count and the load check. With the
+load check off, products run on BLAS's own count. Your BLAS count is the ceiling fastbp works
+under: set ``OPENBLAS_NUM_THREADS=n`` before starting Python, or use threadpoolctl
+(``with threadpoolctl.threadpool_limits(n, user_api="blas"):``), which fastbp reads at each
+product; ``1`` makes every product single-threaded and its bits independent of the load.
 """
 
 import os
 import threading
+import time
 from contextlib import contextmanager
 
 import numba
 
-from fastbp.kernels import jit
+from fastbp.kernels import parallel
 
 __all__ = [
-    "SMALL_PRODUCT_FLOPS",
+    "PRODUCT_THREADS_MIN_FLOPS",
+    "ProductThreads",
     "get_num_threads",
-    "product_threads",
     "set_num_threads",
     "threads",
 ]
 
-SMALL_PRODUCT_FLOPS = 1 << 27
-"""Products of fewer floating-point operations (``2 m n k``; 134 MFLOP, about 4 ms on one core
-here) run on one BLAS thread; larger ones on BLAS's own count. Set it to 0 to leave BLAS alone.
-"""
-
-_BLAS_OWN_THRESHOLD = 1 << 19
-"""OpenBLAS runs products under ``m n k = 2**18`` on one thread by itself: nothing to choose."""
-
 
 def get_num_threads():
-    """The number of threads a threaded kernel may use (numba's count for this thread)."""
+    """The number of threads a threaded kernel called from this Python thread may use (numba's
+    count for this thread)."""
     return numba.get_num_threads()
 
 
 def set_num_threads(n):
-    """Set the kernel thread count.
+    """Set the kernel thread count of the calling Python thread.
 
     Parameters
     ----------
     n : int or None
-        A count from 1 to ``numba.config.NUMBA_NUM_THREADS``: the threaded kernels use exactly
-        that many threads (1 runs every kernel serial) and the load check is off. ``None``
-        restores the default: numba's full count, threads only on idle cores.
+        A count from 1 to ``numba.config.NUMBA_NUM_THREADS``: the threaded kernels called from
+        this Python thread use exactly that many threads (1 runs every kernel serial), with no
+        load check. ``None`` restores the default: numba's full count, threads only on idle
+        cores. Other Python threads are not affected.
     """
     if n is None:
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        jit.ADAPT_TO_LOAD = True
+        parallel.set_count_fixed(False)
         return
     n = int(n)
     if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
@@ -89,12 +92,14 @@ def set_num_threads(n):
             f"(NUMBA_NUM_THREADS); got {n}"
         )
     numba.set_num_threads(n)
-    jit.ADAPT_TO_LOAD = False
+    parallel.set_count_fixed(True)
 
 
 @contextmanager
 def threads(n):
     """Run a ``with`` block with ``set_num_threads(n)``, then restore the previous setting.
+
+    Like :func:`set_num_threads`, it applies to the calling Python thread only.
 
     Examples
     --------
@@ -102,108 +107,163 @@ def threads(n):
     >>> with threads.threads(1):          # doctest: +SKIP
     ...     out = layers.Relu().forward(x)
     """
-    saved = (numba.get_num_threads(), jit.ADAPT_TO_LOAD)
+    saved = (numba.get_num_threads(), parallel.count_fixed())
     set_num_threads(n)
     try:
         yield
     finally:
         numba.set_num_threads(saved[0])
-        jit.ADAPT_TO_LOAD = saved[1]
+        parallel.set_count_fixed(saved[1])
 
 
 # --- BLAS --------------------------------------------------------------------------------------
 
+PRODUCT_THREADS_MIN_FLOPS = 1 << 19
+"""Products of fewer floating-point operations (``2 m n k``) leave BLAS alone: OpenBLAS runs
+products of ``m n k <= 2**18`` on one thread by itself. Larger products get one BLAS thread
+plus one per idle core, up to your count. ``python -m benchmarks.step_targets --blas`` measures
+where a second thread starts to pay on a machine (run it on an idle one)."""
 
-class _OpenBLAS:
-    """``openblas_get_num_threads``/``openblas_set_num_threads`` of the OpenBLAS NumPy loaded,
-    found once (through threadpoolctl where it is installed, else ``/proc/self/maps``)."""
+_blas = None
+"""The :class:`_BlasLibrary` of NumPy's BLAS, looked for at the first product that needs it."""
 
-    def __init__(self):
-        self.get = self.set = None
-        try:
-            self._find()
-        except Exception:  # no OpenBLAS, an unknown build, no ctypes: leave BLAS alone
-            self.get = self.set = None
-
-    def _paths(self):
-        try:  # Linux: the libraries this process has mapped (fast)
-            with open("/proc/self/maps") as maps:
-                return sorted({line.split()[-1] for line in maps
-                               if "openblas" in line.lower() and ".so" in line})
-        except OSError:
-            pass
-        from threadpoolctl import threadpool_info  # elsewhere, where it is installed
-
-        return [i["filepath"] for i in threadpool_info() if i.get("internal_api") == "openblas"]
-
-    def _find(self):
-        import ctypes
-
-        for path in self._paths():
-            if "openblas" not in os.path.basename(path).lower():
-                continue
-            lib = ctypes.CDLL(path)
-            for prefix in ("scipy_", ""):
-                for suffix in ("64_", "", "_64"):
-                    get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
-                    put = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
-                    if get is not None and put is not None:
-                        get.restype, get.argtypes = ctypes.c_int, []
-                        put.restype, put.argtypes = None, [ctypes.c_int]
-                        self.get, self.set = get, put
-                        return
-
-
-_openblas = None
 _blas_lock = threading.Lock()
-_blas_depth = 0
-_blas_saved = None
+_blas_changed = False
+"""True while one thread's lowered BLAS count is in effect (it restores it, under the lock)."""
+_blas_saved = 0
 
 
-def _blas_handle():
-    global _openblas
-    if _openblas is None:
-        _openblas = _OpenBLAS()
-    return _openblas
+def _openblas_spin_seconds():
+    """A lower bound on how long OpenBLAS's pthreads workers spin after their last job.
+
+    They spin ``2**t`` cycles of the time-stamp counter before they sleep: ``t`` is
+    ``OPENBLAS_THREAD_TIMEOUT`` clamped to 4..30 where it is set, else 28 (about 0.1 s; the spin
+    was seen to last 50-100 ms here). Half of it at a 5 GHz counter is short of it anywhere.
+    """
+    try:
+        timeout = int(os.environ.get("OPENBLAS_THREAD_TIMEOUT", ""))
+    except ValueError:
+        timeout = 0
+    timeout = min(max(timeout, 4), 30) if timeout > 0 else 28
+    return (1 << timeout) / 5e9 / 2
 
 
-class product_threads:
-    """``with product_threads(flops):`` around fastbp's matrix products.
+class _BlasLibrary:
+    """NumPy's BLAS library, as threadpoolctl's controller for it (``lib`` is None where
+    there is none to control: no threadpoolctl, no known BLAS, or several and none NumPy's).
 
-    A small product (``2**19 <= flops <`` :data:`SMALL_PRODUCT_FLOPS`) runs on one BLAS thread;
-    others run on BLAS's own count. The rule depends on the size only, never on the load or on
-    timing, because BLAS's result does depend on its thread count (OpenBLAS splits the work
-    differently, and the last bits change): a product of a given shape always gives the same
-    bits. The BLAS thread count is restored on exit; concurrent blocks from several Python
-    threads share one limit (a counter under a lock).
+    ``spin_until``/``spinning``: until when, and how many, of its worker threads are still
+    spinning after fastbp's last threaded product. They show as running tasks in
+    ``/proc/loadavg``, but they are ours and take the next product's work at once.
     """
 
-    __slots__ = ("limited",)
+    def __init__(self):
+        self.lib = None
+        self.clear_control = None
+        self.spin_seconds = 0.0
+        self.spin_until = 0.0
+        self.spinning = 0
+        try:
+            self._find()
+        except Exception:  # threadpoolctl missing or failing: leave BLAS alone
+            self.lib = None
 
-    def __init__(self, flops):
-        self.limited = _BLAS_OWN_THRESHOLD <= flops < SMALL_PRODUCT_FLOPS
+    def _find(self):
+        from threadpoolctl import ThreadpoolController
+
+        libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        # NumPy's own: in numpy.libs/ (Linux wheels) or numpy/.dylibs/ (macOS wheels)
+        chosen = [c for c in libs if {"numpy", "numpy.libs"}
+                  & set(os.path.normpath(c.filepath or "").split(os.sep))] or libs
+        if len(chosen) != 1:
+            return
+        lib = chosen[0]
+        # threadpoolctl >= 3.8 lets one Python thread at a time set a process-wide pool's size
+        # and ignores the others; we hand that control back after every change.
+        self.clear_control = getattr(type(lib), "clear_controlling_thread", None)
+        if lib.internal_api == "openblas" and getattr(lib, "threading_layer", "") == "pthreads":
+            self.spin_seconds = _openblas_spin_seconds()
+        self.lib = lib
+
+
+def _find_blas():
+    global _blas
+    with _blas_lock:
+        if _blas is None:
+            _blas = _BlasLibrary()
+    return _blas
+
+
+class ProductThreads:
+    """``with ProductThreads(flops):`` around fastbp's matrix products: BLAS threads for the
+    cores that are idle now.
+
+    A product of at least :data:`PRODUCT_THREADS_MIN_FLOPS` gets ``min(yours, 1 + idle cores)``
+    BLAS threads. ``yours`` is BLAS's count when the block starts (``OPENBLAS_NUM_THREADS``, or
+    what threadpoolctl set), so the count is never raised; idle cores are read from
+    ``/proc/loadavg`` (:func:`fastbp.kernels.parallel.idle_cores`), counting BLAS workers that still
+    spin after fastbp's previous product as ours. The count is lowered only for the block and
+    restored on exit. Where the load cannot be read, where no BLAS is found, or with the load
+    check off (:func:`set_num_threads` with a count), BLAS runs on its own count.
+
+    Several Python threads may run products at once: the first to lower the count restores
+    it, and the others run on whatever count is in effect meanwhile (a counter of one under a
+    lock), so the process-wide setting is always put back. A product's last bits depend on
+    BLAS's thread count, so they may depend on the load.
+
+    ``most``: a fixed ceiling instead of the load rule, at any size and with the load check off
+    too (``ProductThreads(flops, most=1)`` runs the block's products on one BLAS thread).
+    """
+
+    __slots__ = ("changed", "count", "flops", "most")
+
+    def __init__(self, flops, most=None):
+        self.flops = flops
+        self.most = most
+        self.changed = False
+        self.count = 0
 
     def __enter__(self):
-        global _blas_depth, _blas_saved
-        if not self.limited:
+        global _blas_changed, _blas_saved
+        if self.most is None and (self.flops < PRODUCT_THREADS_MIN_FLOPS
+                                  or not parallel.ADAPT_TO_LOAD or parallel.count_fixed()):
             return self
-        blas = _openblas if _openblas is not None else _blas_handle()
-        if blas.set is None:
-            self.limited = False
-            return self
+        blas = _blas if _blas is not None else _find_blas()
+        lib = blas.lib
+        if lib is None or lib.get_num_threads() == 1:  # one thread (yours, or a concurrent
+            return self  # block's lowered count): nothing to choose, no load to read
+        if self.most is None:
+            ours = blas.spinning if time.perf_counter() < blas.spin_until else 0
+            idle = parallel.idle_cores(ours)
+            if idle is None:
+                return self
+            want = 1 + idle
+        else:  # a fixed ceiling (Convolution's per-image products on image threads)
+            want = self.most
         with _blas_lock:
-            if _blas_depth == 0:
-                _blas_saved = blas.get()
-                if _blas_saved > 1:
-                    blas.set(1)
-            _blas_depth += 1
+            if _blas_changed:  # another thread's lowered count is in effect: run on it
+                return self
+            yours = lib.get_num_threads()
+            if not yours:
+                return self
+            count = min(yours, want)
+            if count < yours:
+                lib.set_num_threads(count)
+                _blas_changed, _blas_saved = True, yours
+                self.changed = True
+        self.count = count
         return self
 
     def __exit__(self, *exc):
-        global _blas_depth
-        if self.limited:
+        global _blas_changed
+        blas = _blas
+        if self.changed:
             with _blas_lock:
-                _blas_depth -= 1
-                if _blas_depth == 0 and _blas_saved > 1:
-                    _openblas.set(_blas_saved)
+                blas.lib.set_num_threads(_blas_saved)
+                _blas_changed = False
+                if blas.clear_control is not None:
+                    blas.clear_control()
+        if self.count > 1 and blas.spin_seconds:
+            blas.spin_until = time.perf_counter() + blas.spin_seconds
+            blas.spinning = self.count - 1
         return False

@@ -1,10 +1,12 @@
 """``fastbp train``: the book's chapter-5 training job (``ch05/train_neuralnet.py``), fast.
 
 It trains a :class:`~fastbp.nets.TwoLayerNet` on scikit-learn's 8x8 digits (or on MNIST from
-local files) with mini-batch gradient descent, prints the train and test accuracy after every
-epoch and a summary at the end. ``--compare`` trains the kernel and the reference backends from
-the same seed, epoch by epoch in turn so that both see the same machine load, and reports the
-speedup and whether the test accuracies agree.
+local files) with mini-batch gradient descent, prints the train and test accuracy as it goes
+(every epoch, or about ten lines where the output is not a terminal: ``--progress``) and a
+summary at the end. With ``--json`` the standard output is one JSON document and nothing else;
+the lines for people go to the standard error. ``--compare`` trains the kernel and the
+reference backends from the same seed, epoch by epoch in turn so that both see the same machine
+load, and reports the speedup and whether the test accuracies agree.
 
 Only NumPy and fastbp are imported at the top: ``fastbp --help`` imports this module. tqdm,
 matplotlib and scikit-learn are imported when they are needed.
@@ -14,7 +16,9 @@ import contextlib
 import copy
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -37,6 +41,13 @@ DEFAULT_LR = {
 DEFAULTS = dict(data="digits", hidden=100, epochs=100, batch_size=100, optimizer="sgd", seed=0,
                 backend="kernel", dtype="float64")
 
+PROGRESS = ("auto", "bar", "epochs", "sparse", "quiet")
+"""``--progress`` modes. auto: ``bar`` where the output is a terminal (``epochs`` without
+tqdm), else ``sparse``."""
+
+SPARSE_LINES = 10
+"""About how many epoch lines ``--progress sparse`` prints (plus the first and the last)."""
+
 EVAL_ROWS = 2048
 """Rows per forward pass when measuring accuracy, so MNIST's 60000 rows need no 60000-row
 intermediates."""
@@ -45,12 +56,14 @@ intermediates."""
 def add_arguments(parser):
     """Add the options of ``fastbp train`` to an argparse (sub)parser."""
     d = DEFAULTS
-    parser.add_argument("--data", choices=("digits", "mnist"), default=d["data"],
+    parser.add_argument("--data", choices=("digits", "mnist"), default=None,
                         help="digits: scikit-learn's 8x8 digits, 1500 train / 297 test "
-                             "(default); mnist: the four IDX .gz files in --mnist-dir")
+                             "(default); mnist: the four MNIST IDX files from --mnist-dir, "
+                             "else from $FASTBP_MNIST_DIR, ./dataset or ../dataset")
     parser.add_argument("--mnist-dir", metavar="DIR",
                         help="directory holding train-images-idx3-ubyte.gz and the other "
-                             "three MNIST files (nothing is downloaded)")
+                             "three MNIST files, gzipped or not (implies --data mnist; "
+                             "nothing is downloaded)")
     parser.add_argument("--hidden", type=int, default=d["hidden"], metavar="N",
                         help=f"hidden units (default {d['hidden']})")
     parser.add_argument("--epochs", type=int, default=d["epochs"], metavar="N",
@@ -77,18 +90,27 @@ def add_arguments(parser):
     parser.add_argument("--plot", metavar="FILE.png",
                         help="save the loss and accuracy curves (needs matplotlib)")
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON line with the results at the end")
-    parser.add_argument("--blas-threads", type=int, default=1, metavar="N",
-                        help="BLAS threads while training (default 1: mini-batch products are "
-                             "too small to gain from threads, and on a busy machine threads "
-                             "that wait for each other cost milliseconds a step; 0 leaves "
-                             "BLAS as it is; needs threadpoolctl, which scikit-learn brings)")
+                        help="print the results as one JSON line on stdout, and nothing else "
+                             "there (progress and summary go to stderr)")
+    parser.add_argument("--blas-threads", type=int, default=0, metavar="N",
+                        help="at most N BLAS threads while training (default 0: BLAS's own "
+                             "count, OPENBLAS_NUM_THREADS or all cores; the kernel backend "
+                             "gives each product the idle cores up to that count, the "
+                             "reference runs NumPy's products as they come)")
+    parser.add_argument("--progress", choices=PROGRESS, default="auto",
+                        help="bar: a progress bar (tqdm) above a line per epoch; epochs: a "
+                             "line per epoch; sparse: about ten epoch lines; quiet: none. "
+                             "auto (default): bar on a terminal, sparse otherwise (logs, "
+                             "pipes)")
     parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar (it is shown on a terminal when tqdm is installed)")
+                        help="no progress bar: the same as --progress epochs")
 
 
 def load_data(name, mnist_dir=None, dtype=np.float64):
     """The data set as ``(x_train, t_train), (x_test, t_test)``: images in ``dtype``, labels intp.
+
+    MNIST is read from ``mnist_dir``, or, where that is None, from the first directory of
+    :func:`fastbp.datasets.mnist_search_path` that holds it.
 
     Converting once here spares every step a conversion (the loaders give float32 images, as the
     book's ``load_mnist`` does, and a float64 net would convert each batch). MNIST in float64
@@ -99,10 +121,13 @@ def load_data(name, mnist_dir=None, dtype=np.float64):
     if name == "digits":
         (x_train, t_train), (x_test, t_test) = datasets.load_digits()
     elif name == "mnist":
-        if mnist_dir is None:
-            raise ValueError("--data mnist needs --mnist-dir DIR, the directory that holds the "
-                             "four MNIST .gz files (fastbp never downloads)")
-        (x_train, t_train), (x_test, t_test) = datasets.load_mnist(mnist_dir)
+        try:
+            (x_train, t_train), (x_test, t_test) = datasets.load_mnist(path=mnist_dir)
+        except FileNotFoundError as exc:
+            if mnist_dir is not None:
+                raise
+            raise FileNotFoundError(f"{exc}\n(fastbp train takes the directory as "
+                                    "--mnist-dir DIR)") from exc
     else:
         raise ValueError(f"unknown data set {name!r}")
 
@@ -229,38 +254,77 @@ class TrainingRun:
         }
 
 
-def _progress_bar(total, disable):
-    """A tqdm bar, or None when tqdm is missing or the bar is switched off."""
+def _has_tqdm():
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _progress_bar(total, disable, file=None):
+    """A tqdm bar on ``file`` (stderr by default), or None when tqdm is missing or the bar is
+    switched off."""
     if disable:
         return None
     try:
         from tqdm import tqdm
     except ImportError:
         return None
-    # disable=None: no bar when stderr is not a terminal (CI logs, pipes).
-    return tqdm(total=total, unit="step", disable=None, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, unit="step", leave=False, dynamic_ncols=True,
+                file=file if file is not None else sys.stderr)
+
+
+def progress_mode(requested, stream, no_progress=False):
+    """The ``--progress`` mode to use: ``requested`` unless it is "auto".
+
+    auto is ``epochs`` under ``--no-progress``, ``bar`` where ``stream`` (where the lines for
+    people go) is a terminal and tqdm is installed, ``epochs`` on a terminal without tqdm, and
+    ``sparse`` elsewhere: a log file or a pipe gets about ten lines, not one per epoch.
+    """
+    if requested == "bar" and not _has_tqdm():
+        return "epochs"
+    if requested != "auto":
+        return requested
+    if no_progress:
+        return "epochs"
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    if terminal:
+        return "bar" if _has_tqdm() else "epochs"
+    return "sparse"
+
+
+def _epoch_shown(epoch, epochs, mode):
+    """Whether the line of ``epoch`` (1-based) is printed in ``mode``."""
+    if mode in ("bar", "epochs"):
+        return True
+    if mode == "quiet":
+        return False
+    every = max(1, math.ceil(epochs / SPARSE_LINES))
+    return epoch == 1 or epoch == epochs or epoch % every == 0
 
 
 def _blas_limit(threads):
-    """A context manager that limits BLAS to ``threads`` threads, where threadpoolctl is there."""
+    """A context manager that limits BLAS to ``threads`` threads (0: no limit)."""
     if threads > 0:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            pass
-        else:
-            return threadpool_limits(limits=threads, user_api="blas")
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(limits=threads, user_api="blas")
     return contextlib.nullcontext()
 
 
-def _printer(bar):
+def _printer(bar, stream):
     if bar is None:
-        return print
+        return lambda line: print(line, file=stream, flush=True)
     from tqdm import tqdm
-    return tqdm.write
+    return lambda line: tqdm.write(line, file=stream)
 
 
 def _check_plot_support(path):
+    """Why ``--plot path`` cannot work, before any training; None if it can."""
     if not path:
         return None
     if not str(path).lower().endswith(".png"):
@@ -270,37 +334,88 @@ def _check_plot_support(path):
     except ImportError:
         return ('--plot needs matplotlib, which is not installed; install it with: '
                 'pip install "fastbp[data]"')
+    target = os.path.abspath(path)
+    directory = os.path.dirname(target)
+    if os.path.isdir(target):
+        return f"--plot {path}: that is a directory"
+    if not os.path.isdir(directory):
+        return f"--plot {path}: the directory {directory} does not exist"
+    try:  # a real write: os.access says yes to root even on a read-only file system
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        return f"--plot {path}: cannot write in {directory}: {exc.strerror or exc}"
+    if os.path.exists(target) and not os.access(target, os.W_OK):
+        return f"--plot {path}: the file exists and is not writable"
     return None
 
 
-def plot(runs, path):
-    """Save the loss per step and the accuracies per epoch of ``runs`` to a PNG file."""
+# Backends are told apart by line style, so that identical curves (the same seed on both
+# backends) stay visible: the kernel's as a wide pale band, the reference's as a thin dashed
+# line with markers on top of it.
+_BACKEND_STYLE = {
+    "kernel": dict(ls="-", lw=3.0, alpha=0.45),
+    "reference": dict(ls="--", lw=1.0, marker="o", markersize=3),
+}
+
+
+def curves_figure(runs, title=None):
+    """A matplotlib ``Figure``: loss per step and accuracies per epoch of ``runs``.
+
+    The accuracy axis is zoomed to the data; train and test are told apart by colour, and,
+    where there are two runs (``--compare``), backends by line style and markers.
+    """
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
+    accuracies = []
     for r in runs:
+        style = dict(_BACKEND_STYLE.get(r.backend, {})) if len(runs) > 1 else dict(lw=1.2)
         steps = np.arange(1, len(r.losses) + 1)
-        ax_loss.plot(steps, r.losses, lw=0.8, label=r.backend)
+        loss_style = dict(style, markevery=max(1, len(steps) // 20))
+        if "marker" not in loss_style:
+            loss_style.pop("markevery")
+        ax_loss.plot(steps, r.losses, color="C0", label=r.backend, **loss_style)
         ep = r.history["epoch"]
-        ax_acc.plot(ep, r.history["train_accuracy"], label=f"train ({r.backend})")
-        ax_acc.plot(ep, r.history["test_accuracy"], "--", label=f"test ({r.backend})")
+        acc_style = dict(style, markevery=max(1, len(ep) // 20)) if "marker" in style else style
+        for key, color in (("train_accuracy", "C1"), ("test_accuracy", "C2")):
+            values = r.history[key]
+            accuracies.extend(values)
+            ax_acc.plot(ep, values, color=color,
+                        label=f"{key.split('_')[0]} ({r.backend})", **acc_style)
     ax_loss.set(xlabel="step", ylabel="loss (batch)", yscale="log", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1), title="accuracy")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    if accuracies:
+        low, high = min(accuracies), max(accuracies)
+        pad = max(0.02, 0.05 * (high - low))
+        ax_acc.set_ylim(max(0.0, low - pad), min(1.005, high + pad))
     ax_loss.legend()
     ax_acc.legend(loc="lower right")
-    fig.savefig(path, dpi=100)
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
-def _train(runs, epochs, no_progress):
-    """Warm up each run, then train them all, epoch by epoch in turn, printing each epoch."""
+def plot(runs, path, title=None):
+    """Save :func:`curves_figure` of ``runs`` to a PNG file."""
+    curves_figure(runs, title).savefig(path, dpi=100)
+
+
+def _train(runs, epochs, mode="epochs", stream=None):
+    """Warm up each run, then train them all, epoch by epoch in turn, printing epoch lines to
+    ``stream`` (stdout by default) as the progress ``mode`` says."""
+    stream = sys.stdout if stream is None else stream
     for r in runs:
         compile_seconds = r.warm_up()
-        print(f"  {r.backend}: warm-up (JIT compile or cache load) {compile_seconds:.2f} s, "
-              "not counted")
+        if r.backend == "reference":  # plain NumPy: there is nothing to compile
+            print("  reference: plain NumPy, no compilation", file=stream)
+        else:
+            print(f"  {r.backend}: warm-up (JIT compile or cache load) {compile_seconds:.2f} "
+                  "s, not counted", file=stream)
 
-    bar = _progress_bar(epochs * runs[0].steps_per_epoch * len(runs), no_progress)
-    say = _printer(bar)
+    bar = _progress_bar(epochs * runs[0].steps_per_epoch * len(runs), mode != "bar", stream)
+    say = _printer(bar, stream)
 
     def on_step(r, loss):
         if bar is not None:
@@ -314,6 +429,8 @@ def _train(runs, epochs, no_progress):
             # Backends take turns epoch by epoch: a change in machine load hits both.
             for r in runs:
                 row = r.epoch(on_step)
+                if not _epoch_shown(row["epoch"], epochs, mode):
+                    continue
                 say(f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  "
                     f"{r.backend:<{wide}}  loss {row['loss']:.4f}  "
                     f"train acc {row['train_accuracy']:.4f}  "
@@ -326,14 +443,17 @@ def _train(runs, epochs, no_progress):
 def run(args):
     """Run ``fastbp train`` with parsed ``args``; return the exit status."""
     err = sys.stderr
+    out = err if args.json else sys.stdout  # with --json, stdout holds the JSON and nothing else
     for name in ("hidden", "epochs", "batch_size"):
         if getattr(args, name) < 1:
             print(f"fastbp train: --{name.replace('_', '-')} must be at least 1", file=err)
             return 2
-    if args.data == "mnist" and not args.mnist_dir:
-        print("fastbp train: --data mnist needs --mnist-dir DIR, the directory that holds the "
-              "four MNIST .gz files (fastbp never downloads)", file=err)
+    if args.mnist_dir and args.data == "digits":
+        print("fastbp train: --mnist-dir is for --data mnist; leave out --data digits or "
+              "--mnist-dir", file=err)
         return 2
+    data_name = args.data or ("mnist" if args.mnist_dir else DEFAULTS["data"])
+    mode = progress_mode(args.progress, out, args.no_progress)
     problem = _check_plot_support(args.plot)
     if problem:
         print(f"fastbp train: {problem}", file=err)
@@ -341,7 +461,7 @@ def run(args):
     lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
     dtype = np.dtype(args.dtype)
     try:
-        data = load_data(args.data, args.mnist_dir, dtype)
+        data = load_data(data_name, args.mnist_dir, dtype)
     except (ImportError, OSError, ValueError) as exc:
         print(f"fastbp train: {exc}", file=err)
         return 1
@@ -351,21 +471,21 @@ def run(args):
                         optimizer=args.optimizer, lr=lr, seed=args.seed, dtype=dtype)
             for b in backends]
     n_train, n_test = data[0][0].shape[0], data[1][0].shape[0]
-    print(f"fastbp train: {args.data} ({n_train} train / {n_test} test, "
+    print(f"fastbp train: {data_name} ({n_train} train / {n_test} test, "
           f"{data[0][0].shape[1]} features), TwoLayerNet hidden {args.hidden}, "
           f"{args.optimizer} lr {lr:g}, batch {args.batch_size}, {args.epochs} epochs, "
-          f"{dtype.name}, seed {args.seed}, backend {' and '.join(backends)}")
+          f"{dtype.name}, seed {args.seed}, backend {' and '.join(backends)}", file=out)
     with _blas_limit(args.blas_threads):
-        _train(runs, args.epochs, args.no_progress)
+        _train(runs, args.epochs, mode, out)
 
     summaries = [r.summary() for r in runs]
     for s in summaries:
         print(f"{s['backend']}: test accuracy {s['test_accuracy']:.4f}, train accuracy "
               f"{s['train_accuracy']:.4f}, {s['epochs']} epochs, {s['steps']} steps in "
               f"{s['step_seconds']:.2f} s ({s['steps_per_second']:.0f} steps/s), "
-              f"{s['seconds']:.2f} s with evaluation")
+              f"{s['seconds']:.2f} s with evaluation", file=out)
     result = dict(summaries[0], optimizer=args.optimizer, lr=lr, hidden=args.hidden,
-                  batch_size=args.batch_size, data=args.data, dtype=dtype.name, seed=args.seed)
+                  batch_size=args.batch_size, data=data_name, dtype=dtype.name, seed=args.seed)
     status = 0
     if args.compare:
         kernel, reference = summaries
@@ -374,21 +494,23 @@ def run(args):
         diff = abs(runs[0].test_correct - runs[1].test_correct)
         match = diff <= 1
         print(f"speedup: {speedup:.2f}x (kernel {rates[0]:.0f} steps/s, "
-              f"reference {rates[1]:.0f} steps/s; training steps only)")
+              f"reference {rates[1]:.0f} steps/s; training steps only)", file=out)
         print(f"test accuracies {'match' if match else 'DIFFER'}: kernel "
               f"{kernel['test_accuracy']:.4f}, reference {reference['test_accuracy']:.4f} "
-              f"({diff} of {n_test} test samples apart; at most 1 allowed)")
+              f"({diff} of {n_test} test samples apart; at most 1 allowed)", file=out)
         result.update(reference=reference, speedup=round(speedup, 3), accuracies_match=match,
                       test_samples_apart=diff)
         status = 0 if match else 1
     if args.plot:
+        title = (f"TwoLayerNet on {data_name}: {args.optimizer}, lr {lr:g}, {dtype.name}, "
+                 f"hidden {args.hidden}, batch {args.batch_size}")
         try:
-            plot(runs, args.plot)
+            plot(runs, args.plot, title)
         except OSError as exc:
             print(f"fastbp train: cannot save the plot: {exc}", file=err)
             status = 1
         else:
-            print(f"saved the curves to {args.plot}")
+            print(f"saved the curves to {args.plot}", file=out)
     if args.json:
         print(json.dumps(result))
     return status

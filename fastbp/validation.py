@@ -5,10 +5,10 @@ inputs, reject the same inputs with the same messages, and give the same output 
 here is compiled: every check runs in Python before any kernel sees the data, because a kernel
 given an out-of-range label or a short array reads or writes outside its arrays.
 
-Dtype policy (NUMERICS.md): float32 and float64 run as they are. Other real dtypes are promoted the
-way ``numpy.exp`` promotes them (bool and int8 to float16, int16 to float32, wider integers to
-float64). float16 runs in float32 and is cast back. Complex, object, string and extended-precision
-inputs raise ``TypeError``.
+Dtype policy (docs/numerics.md, section 3): float32 and float64 run as they are. Other real dtypes
+are promoted the way ``numpy.exp`` promotes them (bool and int8 to float16, int16 to float32, wider
+integers to float64). float16 runs in float32 and is cast back. Complex, object, string and
+extended-precision inputs raise ``TypeError``.
 """
 
 import math
@@ -36,11 +36,22 @@ def _as_array(a, name):
 
 def _dtype_operand(a):
     # Python scalars stay "weak" in NumPy's promotion (float32 array + 0 stays float32).
-    return a if isinstance(a, numbers.Number) else np.asarray(a)
+    if isinstance(a, (numbers.Number, np.dtype)):
+        return a
+    return np.asarray(a)
 
 
 def result_dtype(*operands):
-    """The float dtype NumPy would give ``numpy.exp`` of an expression of ``operands``."""
+    """The float dtype NumPy would give ``numpy.exp`` of an expression of ``operands``.
+
+    An operand may be an array, a scalar or a ``numpy.dtype`` (a backward pass promotes
+    ``dout`` with the dtype its forward pass was given, not with the float32 it ran in).
+    """
+    dtypes = [a if isinstance(a, np.dtype) else a.dtype for a in operands
+              if isinstance(a, (np.ndarray, np.dtype))]
+    if (dtypes and len(dtypes) == len(operands) and dtypes[0].kind == "f"
+            and dtypes.count(dtypes[0]) == len(dtypes)):
+        return dtypes[0]  # the common case, without NumPy's promotion machinery
     return np.result_type(*[_dtype_operand(a) for a in operands], np.float16)
 
 
@@ -98,6 +109,35 @@ def as_result(y, out_dtype):
     return y if y.dtype == out_dtype else y.astype(out_dtype)
 
 
+def call_key(*arrays):
+    """The key of a call whose operands are used as they are, or ``None``.
+
+    The key is the operands' dtype and shapes, given when every operand is an ``ndarray``
+    (not a subclass) that is C-contiguous, and all share one dtype, float32 or float64: then
+    no check or conversion here changes them, and every check depends on the shapes and the
+    dtype alone (label values excepted). A layer keeps the key of a call it has checked, and
+    skips the checks for a later call that :func:`same_call` finds alike.
+    """
+    dtype = getattr(arrays[0], "dtype", None)
+    if dtype not in COMPUTE_DTYPES:
+        return None
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype is not dtype or not a.flags.c_contiguous:
+            return None
+    return dtype, tuple(a.shape for a in arrays)
+
+
+def same_call(key, *arrays):
+    """True when ``arrays`` are C-contiguous ``ndarray`` s of the dtype and shapes of ``key``
+    (from :func:`call_key`), so that they pass every check unchanged, as that call's did."""
+    dtype, shapes = key
+    for a, shape in zip(arrays, shapes, strict=True):
+        if (type(a) is not np.ndarray or a.dtype is not dtype or a.shape != shape
+                or not a.flags.c_contiguous):
+            return False
+    return True
+
+
 def gradient_for(dout, shape, layer):
     """Check that ``dout`` broadcasts to ``shape``, the shape of the layer's forward output."""
     arr = _as_array(dout, "dout")
@@ -133,9 +173,14 @@ def affine_shapes(x, W, b):
         raise ValueError(f"Affine: W must be 2-D (D, H); got shape {W.shape}")
     x2 = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: ambiguous for 0 rows
     if x2.shape[1] != W.shape[0]:
+        hint = ""
+        if x.ndim == 1:  # the first axis is the batch: (10,) is 10 samples of 1 feature
+            hint = (f"; a 1-D x is read as {x.shape[0]} samples of one feature each"
+                    + (": for one sample, pass x.reshape(1, -1)" if x.size == W.shape[0]
+                       else ""))
         raise ValueError(
             f"Affine.forward: x of shape {x.shape} (as {x2.shape}) does not fit W of shape "
-            f"{W.shape}: x needs {W.shape[0]} features per row"
+            f"{W.shape}: x needs {W.shape[0]} features per row{hint}"
         )
     out_shape = (x2.shape[0], W.shape[1])
     b_shape = np.shape(b)
@@ -153,8 +198,23 @@ def affine_shapes(x, W, b):
     return x2
 
 
+def affine_inputs(x, W, b):
+    """Check and convert Affine's operands: ``(x, x2, W, b, out_dtype)``.
+
+    ``x`` is the input as an array: ``backward`` restores its shape and dtype. ``x`` of shape
+    (N, ...) becomes ``x2`` of shape (N, D) (see :func:`affine_shapes`), and the three are
+    converted to one compute dtype (:func:`float_inputs`); ``out_dtype`` is the dtype of the
+    result. Raises ``TypeError`` or ``ValueError`` naming the operand and its shape.
+    """
+    x = _as_array(x, "x")
+    W = _as_array(W, "W")
+    x2 = affine_shapes(x, W, b)
+    (xc, Wc, bc), out_dtype = float_inputs(("x", "W", "b"), x2, W, b)
+    return x, xc, Wc, bc, out_dtype
+
+
 def logits(x, *, contiguous=False):
-    """Logits for softmax-cross-entropy: integer and bool logits become float64 (NUMERICS.md),
+    """Logits for softmax-cross-entropy: integer and bool logits become float64 (docs/numerics.md),
     float16 runs in float32; complex raises ``TypeError``. Returns ``(converted, out_dtype)``."""
     arr = _as_array(x, "x")
     if arr.dtype.kind in "biu":
@@ -232,12 +292,167 @@ def targets(t, x_shape):
     return "probs", t
 
 
+_INTP = np.dtype(np.intp)
+_UINTP = np.dtype(np.uintp)
+
+
+def labels_in_range(t, x_shape):
+    """``t`` when it is an ``intp`` ``ndarray`` of N labels that all lie in [0, C), for logits
+    of shape ``x_shape`` (N, C) with N > 0: what :func:`targets` would return unchanged.
+    ``None`` otherwise; :func:`targets` then converts it, or says what is wrong."""
+    n, c = x_shape
+    if type(t) is not np.ndarray or t.dtype != _INTP or t.shape != (n,) or not n:
+        return None
+    # One pass: a negative label read as unsigned is larger than any class count.
+    return t if t.view(_UINTP).max() < c else None
+
+
 def loss_gradient_scale(dout):
     """``dout`` of a loss layer must be a scalar (the book passes 1)."""
     arr = _as_array(dout, "dout")
     if arr.size != 1:
         raise ValueError(f"SoftmaxWithLoss.backward: dout must be a scalar; got shape {arr.shape}")
     return float(arr.reshape(()))
+
+
+# --- convolution and pooling ---------------------------------------------------------------
+
+
+def _integer(value, name, layer, minimum):
+    """``value`` as a Python int of at least ``minimum``; ``TypeError`` for non-integers."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{layer}: {name} must be an integer; got {value!r}")
+    value = int(value)
+    if value < minimum:
+        bound = "positive" if minimum == 1 else f"at least {minimum}"
+        raise ValueError(f"{layer}: {name} must be {bound}; got {value}")
+    return value
+
+
+def backward_dtypes(forward_dtype, *operands):
+    """``(out_dtype, compute_dtype)`` of a backward pass whose forward returned ``forward_dtype``,
+    given its new operands (``dout``, and parameters read again): NumPy's promotion of all."""
+    out_dtype = np.promote_types(forward_dtype, result_dtype(*operands))
+    return out_dtype, compute_dtype(out_dtype)
+
+
+def window_settings(stride, pad, layer):
+    """Check a layer's ``stride`` (an integer >= 1) and ``pad`` (an integer >= 0)."""
+    return _integer(stride, "stride", layer, 1), _integer(pad, "pad", layer, 0)
+
+
+def window_output_size(size, window, stride, pad):
+    """Output positions of a ``window`` sliding by ``stride`` over ``size + 2 * pad``: the floor
+    of ``(size + 2 * pad - window) / stride`` plus 1, as the book's ``im2col`` computes it."""
+    return (size + 2 * pad - window) // stride + 1
+
+
+def _input_4d(x, layer, what="x"):
+    if x.ndim != 4:
+        raise ValueError(f"{layer}: {what} must be 4-d (N, C, H, W); got shape {x.shape}")
+
+
+def _window_fits(x_shape, fh, fw, stride, pad, layer, what="filter"):
+    h, w = x_shape[2:]
+    if fh > h + 2 * pad or fw > w + 2 * pad:
+        raise ValueError(
+            f"{layer}: the {what} of {fh}x{fw} is larger than the padded input of "
+            f"{h + 2 * pad}x{w + 2 * pad} (input {h}x{w}, pad {pad})"
+        )
+    return (window_output_size(h, fh, stride, pad), window_output_size(w, fw, stride, pad))
+
+
+def window_geometry(x_shape, filter_h, filter_w, stride, pad, layer="im2col"):
+    """Check the arguments of ``im2col``/``col2im``; return the output size ``(OH, OW)``."""
+    if len(x_shape) != 4:
+        raise ValueError(f"{layer}: the input must be 4-d (N, C, H, W); got shape "
+                         f"{tuple(x_shape)}")
+    fh = _integer(filter_h, "filter_h", layer, 1)
+    fw = _integer(filter_w, "filter_w", layer, 1)
+    stride, pad = window_settings(stride, pad, layer)
+    for s in x_shape:
+        _integer(s, "each input size", layer, 0)
+    return (fh, fw, stride, pad, *_window_fits(x_shape, fh, fw, stride, pad, layer))
+
+
+def conv_geometry(x, W, b, stride, pad):
+    """Check Convolution's operands.
+
+    ``x`` is (N, C, H, W) and ``W`` is (FN, C, FH, FW), with the same C. ``b`` is a scalar (added
+    to every filter, as the book's ``ch07/apply_filter.py`` passes 0) or holds one value per
+    filter, shape (FN,) (or (1, FN)). The filter must fit the padded input. Where
+    ``H + 2 * pad - FH`` is not a multiple of ``stride``, the last rows (columns) that no window
+    reaches are left out, as the book's ``Convolution`` and ``im2col`` do (their gradient is 0).
+
+    Returns
+    -------
+    stride, pad, OH, OW : int
+    """
+    layer = "Convolution"
+    stride, pad = window_settings(stride, pad, layer)
+    if W.ndim != 4:
+        raise ValueError(f"{layer}: W must be 4-d (FN, C, FH, FW); got shape {W.shape}")
+    _input_4d(x, f"{layer}.forward")
+    if x.shape[1] != W.shape[1]:
+        raise ValueError(
+            f"{layer}.forward: x of shape {x.shape} has {x.shape[1]} channels but W of shape "
+            f"{W.shape} expects {W.shape[1]}"
+        )
+    fn = W.shape[0]
+    b_shape = np.shape(b)
+    fits = b_shape == () or (all(s == 1 for s in b_shape[:-1]) and b_shape[-1] in (1, fn))
+    if not fits:
+        raise ValueError(
+            f"{layer}: b of shape {b_shape} does not fit {fn} filters: b needs shape ({fn},), "
+            f"one bias per filter (or a scalar)"
+        )
+    oh, ow = _window_fits(x.shape, W.shape[2], W.shape[3], stride, pad, f"{layer}.forward")
+    return stride, pad, oh, ow
+
+
+def pool_geometry(x, pool_h, pool_w, stride, pad):
+    """Check Pooling's input and settings.
+
+    ``pool_h``, ``pool_w`` and ``stride`` are integers >= 1, ``pad`` an integer of at most half
+    of each pool size (so that every window holds at least one input element: padding never
+    wins a maximum), and the window must fit the padded input.
+
+    Returns
+    -------
+    pool_h, pool_w, stride, pad, OH, OW : int
+    """
+    layer = "Pooling"
+    ph = _integer(pool_h, "pool_h", layer, 1)
+    pw = _integer(pool_w, "pool_w", layer, 1)
+    stride, pad = window_settings(stride, pad, layer)
+    if 2 * pad > min(ph, pw):
+        raise ValueError(
+            f"{layer}: pad {pad} is more than half of the pool size {ph}x{pw}: a window could "
+            f"hold nothing but padding"
+        )
+    _input_4d(x, f"{layer}.forward")
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"{layer}.forward: x of shape {x.shape} has no pixels to pool")
+    oh, ow = _window_fits(x.shape, ph, pw, stride, pad, f"{layer}.forward", "pool window")
+    return ph, pw, stride, pad, oh, ow
+
+
+def filters_for_backward(W, w_shape):
+    """``W`` as ``Convolution.backward`` reads it: it must still have the shape forward saw."""
+    W = _as_array(W, "W")
+    if W.shape != tuple(w_shape):
+        raise ValueError(
+            f"Convolution.backward: W has shape {W.shape}, but forward ran with {tuple(w_shape)}"
+        )
+    return W
+
+
+def bias_vector(b, fn):
+    """A checked Convolution bias (see :func:`conv_geometry`) as a contiguous (FN,) vector."""
+    return np.ascontiguousarray(np.broadcast_to(np.reshape(b, -1), (fn,)))
+
+
+# --- dropout and batch normalisation ------------------------------------------------------
 
 
 def dropout_ratio(ratio):
@@ -300,16 +515,3 @@ def running_statistic(a, name, x_shape, d):
             f"{tuple(x_shape)}: it needs shape ({d},), one value per feature of x.reshape(N, -1)"
         )
     return arr
-
-
-def kernel_ready(*arrays):
-    """True when every argument is a C-contiguous ``ndarray`` of the first one's dtype, float32
-    or float64: what a kernel takes, with nothing to check or convert. A cheap test that lets
-    small layers skip :func:`float_inputs`."""
-    dtype = getattr(arrays[0], "dtype", None)
-    if dtype not in COMPUTE_DTYPES:
-        return False
-    for a in arrays:
-        if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
-            return False
-    return True

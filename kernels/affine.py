@@ -4,14 +4,19 @@ around them: the bias added in place into the product, and ``db``, the column su
 
 from numba import prange
 
-from .jit import kernel, sized
+from .jit import kernel
+from .parallel import sized
 
 COLUMN_BLOCK = 256
 
 
 @sized
 def bias_add(out, b):
-    """``out[i, :] += b`` for every row, in place. ``out`` is (N, H), ``b`` is (H,)."""
+    """``out[i, :] += b`` for every row, in place. ``out`` is (N, H), ``b`` is (H,).
+
+    Writes ``out``. The caller has validated the inputs: C-contiguous, of one float dtype, of
+    those shapes. ``out.size`` picks the serial or the threaded build.
+    """
     n, h = out.shape
     for i in prange(n):
         for j in range(h):
@@ -37,6 +42,9 @@ def column_sum(dout, db):
 
     Threads own blocks of columns, never a shared accumulator, so the result does not depend
     on the thread count.
+
+    Writes ``db``. The caller has validated the inputs: ``dout`` (N, H) and ``db`` (H,),
+    C-contiguous, of one float dtype. ``dout.size`` picks the serial or the threaded build.
     """
     h = dout.shape[1]
     for cb in prange((h + COLUMN_BLOCK - 1) // COLUMN_BLOCK):

@@ -30,7 +30,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .jit import kernel, sized
+from .jit import kernel
+from .parallel import sized
 
 BLOCK_BYTES = 1 << 20
 """Bytes of one column block of one (N, D) array (1 MiB). Each pass sweeps a block row by row,

@@ -14,7 +14,8 @@ the same code at any thread count.
 
 from numba import prange
 
-from .jit import kernel, sized
+from .jit import kernel
+from .parallel import sized
 
 BLOCK = 16384
 

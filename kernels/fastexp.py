@@ -110,7 +110,8 @@ _Q0_32 = np.float32(0.5)
 
 @kernel(fastmath=CONTRACT)
 def exp64(x):
-    """``exp(x)`` for a float64 ``x``, vectorisable, within 2 ulp; NaN and inf as ``math.exp``."""
+    """``exp(x)`` for a float64 ``x``, vectorisable, within 2 ulp; NaN and inf as ``math.exp``.
+    A scalar function, inlined into the kernels that call it: it writes nothing."""
     xc = x if x > _LO_64 else _LO_64  # NaN goes to _LO_64 here and is put back at the end
     xc = xc if xc < _HI_64 else _HI_64
     nf = (xc * _LOG2E_64 + _SHIFT_64) - _SHIFT_64
@@ -136,7 +137,8 @@ def exp64(x):
 
 @kernel(fastmath=CONTRACT)
 def exp32(x):
-    """``exp(x)`` for a float32 ``x``, computed in float32, vectorisable, within 2 ulp."""
+    """``exp(x)`` for a float32 ``x``, computed in float32, vectorisable, within 2 ulp.
+    A scalar function, inlined into the kernels that call it: it writes nothing."""
     xc = x if x > _LO_32 else _LO_32
     xc = xc if xc < _HI_32 else _HI_32
     nf = (xc * _LOG2E_32 + _SHIFT_32) - _SHIFT_32

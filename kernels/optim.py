@@ -5,25 +5,27 @@ temporary (Adam: about ten). These kernels read each element once and write the 
 state in place, with the book's operations in the book's order, so results match NumPy's to the
 last bit. No fastmath: contracting into fused multiply-adds would change the rounding.
 
-Arrays are flat (1-D), C-contiguous and of one float dtype; scalars come already cast to that
-dtype by the caller, so float32 stays float32. Work is cut into blocks of ``BLOCK`` elements; the
-threaded builds hand whole blocks to threads, and every element is independent. Each block is
-sliced and then indexed from 0: LLVM vectorises that loop, but not one indexed from a computed
-start (about 4x slower here).
+Every kernel updates ``param`` and its state arrays in place, and writes nothing else. The caller
+(:mod:`fastbp.optim`) has checked the inputs: flat (1-D), C-contiguous arrays of one size and one
+float dtype, ``param`` writeable; scalars already cast to that dtype, so float32 stays float32. The
+size of ``param`` (argument 0) picks the serial or the threaded build. Work is cut into blocks of
+``BLOCK`` elements; the threaded builds hand whole blocks to threads, and every element is
+independent. Each block is sliced and then indexed from 0: LLVM vectorises that loop, but not one
+indexed from a computed start (about 4x slower here).
 """
 
 import math
 
 from numba import prange
 
-from .jit import sized
+from .parallel import sized
 
 BLOCK = 16384
 
 
 @sized
 def sgd_update(param, grad, lr):
-    """``param -= lr * grad``."""
+    """``param -= lr * grad``. Writes ``param``."""
     n = param.size
     for b in prange((n + BLOCK - 1) // BLOCK):
         lo = b * BLOCK
@@ -35,7 +37,7 @@ def sgd_update(param, grad, lr):
 
 @sized
 def momentum_update(param, grad, v, momentum, lr):
-    """``v = momentum * v - lr * grad``; ``param += v``."""
+    """``v = momentum * v - lr * grad``; ``param += v``. Writes ``param`` and ``v``."""
     n = param.size
     for b in prange((n + BLOCK - 1) // BLOCK):
         lo = b * BLOCK
@@ -52,6 +54,7 @@ def nesterov_update(param, grad, v, momentum, lr, momentum_sq, lr_ahead):
     """The book's Nesterov step, ``momentum_sq = momentum**2``, ``lr_ahead = (1 + momentum) * lr``.
 
     ``v = momentum * v - lr * grad``; ``param += momentum_sq * v``; ``param -= lr_ahead * grad``.
+    Writes ``param`` and ``v``.
     """
     n = param.size
     for b in prange((n + BLOCK - 1) // BLOCK):
@@ -67,7 +70,7 @@ def nesterov_update(param, grad, v, momentum, lr, momentum_sq, lr_ahead):
 
 @sized
 def adagrad_update(param, grad, h, lr, eps):
-    """``h += grad**2``; ``param -= lr * grad / (sqrt(h) + eps)``."""
+    """``h += grad**2``; ``param -= lr * grad / (sqrt(h) + eps)``. Writes ``param`` and ``h``."""
     n = param.size
     for b in prange((n + BLOCK - 1) // BLOCK):
         lo = b * BLOCK
@@ -82,7 +85,8 @@ def adagrad_update(param, grad, h, lr, eps):
 
 @sized
 def rmsprop_update(param, grad, h, decay_rate, one_minus_decay, lr, eps):
-    """``h = decay * h + (1 - decay) * grad**2``; ``param -= lr * grad / (sqrt(h) + eps)``."""
+    """``h = decay * h + (1 - decay) * grad**2``; ``param -= lr * grad / (sqrt(h) + eps)``.
+    Writes ``param`` and ``h``."""
     n = param.size
     for b in prange((n + BLOCK - 1) // BLOCK):
         lo = b * BLOCK
@@ -100,7 +104,7 @@ def adam_update(param, grad, m, v, one_minus_beta1, one_minus_beta2, lr_t, eps):
     """The book's Adam step, with the bias correction folded into ``lr_t``.
 
     ``m += (1 - beta1) * (grad - m)``; ``v += (1 - beta2) * (grad**2 - v)``;
-    ``param -= lr_t * m / (sqrt(v) + eps)``.
+    ``param -= lr_t * m / (sqrt(v) + eps)``. Writes ``param``, ``m`` and ``v``.
     """
     n = param.size
     for b in prange((n + BLOCK - 1) // BLOCK):

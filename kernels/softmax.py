@@ -1,9 +1,10 @@
 """Softmax over rows, and softmax fused with cross-entropy, forward and backward.
 
-Arrays are C-contiguous (N, C) of one float dtype; labels are ``intp`` and already checked to lie
-in ``[0, C)``. Rows are independent, so the threaded builds split rows between threads and every
-row is computed by the same code at any thread count. Per-row losses are written in float64; the
-caller reduces them in a fixed order.
+Arrays are C-contiguous (N, C) of one float dtype; labels are ``intp`` and already checked to lie in
+``[0, C)``: the caller (:mod:`fastbp.validation`) checks all of it, and the size of the first
+argument picks the serial or the threaded build. Rows are independent, so the threaded builds split
+rows between threads and every row is computed by the same code at any thread count. Per-row losses
+are written in float64; the caller reduces them in a fixed order.
 
 NaN or +inf anywhere in a row makes every output of that row NaN: the row maximum skips NaN, but
 ``exp(NaN - m)`` then puts NaN into the row sum, whatever the NaN's position.
@@ -19,7 +20,8 @@ import numpy as np
 from numba import prange
 
 from .fastexp import fast_exp
-from .jit import kernel, sized
+from .jit import kernel
+from .parallel import sized
 
 
 @kernel
@@ -143,7 +145,11 @@ ROW_BLOCK = 32
 
 @sized
 def softmax_rows(x, y):
-    """``y = softmax(x)`` along the last axis."""
+    """``y = softmax(x)`` along the last axis.
+
+    Writes ``y``. The caller has validated the inputs: ``x`` and ``y`` (N, C), C-contiguous, of
+    one float dtype. ``x.size`` picks the serial or the threaded build.
+    """
     n, c = x.shape
     for b in prange((n + ROW_BLOCK - 1) // ROW_BLOCK):
         buf = np.empty(c, x.dtype)
@@ -153,7 +159,12 @@ def softmax_rows(x, y):
 
 @sized
 def softmax_cross_entropy_labels_forward(x, t, y, losses):
-    """``y = softmax(x)`` and ``losses[i] = logsumexp(x[i]) - x[i, t[i]]``."""
+    """``y = softmax(x)`` and ``losses[i] = logsumexp(x[i]) - x[i, t[i]]``.
+
+    Writes ``y`` and ``losses``. The caller has validated the inputs: ``x`` and ``y`` (N, C),
+    C-contiguous, of one float dtype; ``t`` (N,) ``intp`` labels in ``[0, C)``; ``losses`` (N,)
+    float64. ``x.size`` picks the serial or the threaded build.
+    """
     n, c = x.shape
     for b in prange((n + ROW_BLOCK - 1) // ROW_BLOCK):
         buf = np.empty(c, x.dtype)
@@ -168,6 +179,10 @@ def softmax_cross_entropy_probs_forward(x, t, y, losses):
 
     Classes with ``t[i, j] == 0`` are skipped, so a ``-inf`` logit on a class with no target
     mass gives a finite loss instead of ``0 * inf = NaN``.
+
+    Writes ``y`` and ``losses``. The caller has validated the inputs: ``x``, ``t`` and ``y``
+    (N, C), C-contiguous, of one float dtype; ``losses`` (N,) float64. ``x.size`` picks the
+    serial or the threaded build.
     """
     n, c = x.shape
     for b in prange((n + ROW_BLOCK - 1) // ROW_BLOCK):
@@ -195,6 +210,10 @@ def softmax_cross_entropy_labels_backward(y, t, scale, dx):
 
     Where ``y[i, t[i]] > 1/2``, ``y - 1`` would cancel (``y`` near 1 holds few of the gradient's
     digits), so the target's gradient is minus the sum of the other probabilities instead.
+
+    Writes ``dx``. The caller has validated the inputs: ``y`` (from the forward kernel) and
+    ``dx`` (N, C), C-contiguous, of one float dtype; ``t`` (N,) ``intp`` labels in ``[0, C)``;
+    ``scale`` a scalar of that dtype. ``y.size`` picks the serial or the threaded build.
     """
     one = y.dtype.type(1)
     half = y.dtype.type(0.5)
@@ -215,6 +234,10 @@ def softmax_cross_entropy_probs_backward(y, t, scale, dx):
     The most probable class, where its probability is above 1/2, gets
     ``(sum of the other targets) - (sum of the other probabilities) * t.sum()`` instead: the same
     value, without the cancellation of ``y - 1`` near ``y = 1`` (a one-hot target).
+
+    Writes ``dx``. The caller has validated the inputs: ``y`` (from the forward kernel), ``t`` and
+    ``dx`` (N, C), C-contiguous, of one float dtype; ``scale`` a scalar of that dtype. ``y.size``
+    picks the serial or the threaded build.
     """
     half = y.dtype.type(0.5)
     c = y.shape[1]

@@ -5,8 +5,7 @@ import pytest
 from layouts import LAYOUTS
 
 from fastbp import layers, reference
-from fastbp.testing import assert_layers_agree
-from fastbp.verify import layer_cases
+from fastbp.testing import assert_layers_agree, layer_cases
 
 CASE_NAMES = [c.name for c in layer_cases()]
 
@@ -83,6 +82,71 @@ def test_float16_runs_in_float32_and_returns_float16(name):
     case = _case(name)
     assert_layers_agree(case.candidate, case.reference, case.inputs, dtype=np.float16,
                         grads=case.grads, name=name)
+
+
+def _float16_layer_runs(module):
+    """Each chapter-5 layer of ``module`` run forward and backward on float16 data: yields
+    ``(name, {output: array})`` for every array the layer returns or sets."""
+    rng = np.random.default_rng(5)
+
+    def h(*shape):
+        return rng.standard_normal(shape).astype(np.float16)
+
+    x, W, b = h(4, 2, 3), h(6, 5), h(5)
+    affine = module.Affine(W, b)
+    out = affine.forward(x)
+    dx = affine.backward(h(4, 5))
+    yield "Affine", {"forward": out, "dx": dx, "dW": affine.dW, "db": affine.db}
+    for name in ("Relu", "Sigmoid"):
+        layer = getattr(module, name)()
+        out = layer.forward(h(4, 7))
+        yield name, {"forward": out, "dx": layer.backward(h(4, 7)),
+                     "out/mask": getattr(layer, "out", np.zeros(0, np.float16))}
+    logits = h(4, 10)
+    for label, t in (("labels", rng.integers(0, 10, 4)),
+                     ("one-hot", np.eye(10, dtype=np.float16)[rng.integers(0, 10, 4)])):
+        layer = module.SoftmaxWithLoss()
+        loss = layer.forward(logits, t)
+        yield f"SoftmaxWithLoss[{label}]", {"loss": np.asarray(loss), "y": layer.y,
+                                             "dx": layer.backward()}
+    a, c, dout = h(3), h(3), h(3)
+    mul, add = module.MulLayer(), module.AddLayer()
+    out = mul.forward(a, c)
+    dmul = mul.backward(dout)
+    yield "MulLayer", {"forward": out, "dx": dmul[0], "dy": dmul[1]}
+    out = add.forward(a, c)
+    dadd = add.backward(dout)
+    yield "AddLayer", {"forward": out, "dx": dadd[0], "dy": dadd[1]}
+
+
+@pytest.mark.parametrize("backend", ["kernel", "reference"])
+def test_float16_in_float16_out_everywhere(backend):
+    """float16 runs in float32 and every output is cast back: forward, dx, dW, db, y, loss."""
+    module = layers if backend == "kernel" else reference.layers
+    seen = set()
+    for name, outputs in _float16_layer_runs(module):
+        seen.add(name.split("[")[0])
+        for what, value in outputs.items():
+            assert value.dtype == np.float16, f"{backend} {name}.{what}: {value.dtype}"
+    assert seen == {"Affine", "Relu", "Sigmoid", "SoftmaxWithLoss", "MulLayer", "AddLayer"}
+
+
+@pytest.mark.parametrize("backend", ["kernel", "reference"])
+def test_float16_forward_with_a_wider_dout_follows_numpy(backend):
+    """The backward pass promotes dout with the forward's input dtype, as NumPy would."""
+    module = layers if backend == "kernel" else reference.layers
+    x = np.linspace(-2, 2, 12, dtype=np.float16).reshape(3, 4)
+    sig = module.Sigmoid()
+    sig.forward(x)
+    assert sig.backward(np.ones((3, 4), np.float32)).dtype == np.float32
+    affine = module.Affine(np.ones((4, 2), np.float16), np.zeros(2, np.float16))
+    affine.forward(x)
+    assert affine.backward(np.ones((3, 2), np.float64)).dtype == np.float64
+    assert affine.dW.dtype == affine.db.dtype == np.float64
+    affine = module.Affine(np.ones((4, 2), np.float32), np.zeros(2, np.float32))
+    assert affine.forward(x).dtype == np.float32
+    assert affine.backward(np.ones((3, 2), np.float16)).dtype == np.float32
+    assert affine.dW.dtype == np.float32
 
 
 def test_mixed_dtypes_follow_numpy_promotion():

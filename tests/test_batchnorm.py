@@ -16,7 +16,7 @@ from layouts import LAYOUTS
 
 from fastbp import layers, reference, threads
 from fastbp.kernels import batchnorm as kernels
-from fastbp.kernels import jit
+from fastbp.kernels import parallel
 from fastbp.testing import assert_finite_differences, assert_layers_agree
 
 BACKENDS = {"kernel": layers, "reference": reference.layers}
@@ -415,8 +415,8 @@ def test_bad_input_never_crashes_the_threaded_kernels():
     code = textwrap.dedent("""
         import numpy as np
         from fastbp import layers
-        from fastbp.kernels import jit
-        jit.PARALLEL_MIN_ELEMENTS = 0
+        from fastbp.kernels import parallel
+        parallel.settings(parallel_min_elements=0).__enter__()  # for the whole script
         cases = {
             "gamma": lambda: layers.BatchNormalization(np.ones(40), np.zeros(50)).forward(
                 np.ones((300, 50))),
@@ -484,18 +484,18 @@ def test_bit_identical_across_builds_thread_counts_and_blocks(dtype, monkeypatch
     x = (rng.standard_normal((130, 300)) + 3).astype(dtype)
     dout = rng.standard_normal((130, 300)).astype(dtype)
     gamma, beta = rng.uniform(0.5, 2, 300).astype(dtype), rng.standard_normal(300).astype(dtype)
-    monkeypatch.setattr(jit, "PARALLEL_MIN_ELEMENTS", np.iinfo(np.int64).max)
-    serial = _run(x, gamma, beta, dout)
-    assert _run(x, gamma, beta, dout) == serial
-    monkeypatch.setattr(jit, "PARALLEL_MIN_ELEMENTS", 0)
-    for n in sorted({1, 2, numba.config.NUMBA_NUM_THREADS}):
-        if n <= numba.config.NUMBA_NUM_THREADS:
-            with threads.threads(n):
-                assert _run(x, gamma, beta, dout) == serial, n
-    monkeypatch.setattr(kernels, "BLOCK_BYTES", 1 << 12)  # 16-column blocks, many of them
-    monkeypatch.setattr(kernels, "MIN_COLUMNS", 16)
-    assert kernels.column_block(130, 8, 300) == 16
-    assert _run(x, gamma, beta, dout) == serial
+    with parallel.settings(parallel_min_elements=parallel.BUILDS["serial"]):
+        serial = _run(x, gamma, beta, dout)
+        assert _run(x, gamma, beta, dout) == serial
+    with parallel.settings(parallel_min_elements=parallel.BUILDS["threaded"]):
+        for n in sorted({1, 2, numba.config.NUMBA_NUM_THREADS}):
+            if n <= numba.config.NUMBA_NUM_THREADS:
+                with threads.threads(n):
+                    assert _run(x, gamma, beta, dout) == serial, n
+        monkeypatch.setattr(kernels, "BLOCK_BYTES", 1 << 12)  # 16-column blocks, many of them
+        monkeypatch.setattr(kernels, "MIN_COLUMNS", 16)
+        assert kernels.column_block(130, 8, 300) == 16
+        assert _run(x, gamma, beta, dout) == serial
 
 
 def test_column_block_widths():

@@ -3,12 +3,13 @@
 import importlib
 import inspect
 import json
+import os
 import pathlib
 import sys
 
 import pytest
 
-from fastbp import cli
+from fastbp import bench, cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,20 @@ def test_bench_json_small(capsys):
     for r in doc["results"]:
         assert r["seconds"]["reference"] > 0 and r["seconds"]["kernel"] > 0
         assert r["ref/kernel"] > 0
-    assert doc["environment"]["stream_bandwidth_GBps"] > 0
+        assert "others_cores" in r
+    env = doc["environment"]
+    assert env["stream_bandwidth_GBps"] > 0
+    assert env["kernel_threads"] >= 1 and env["cpu_count"] >= 1
+    assert all(b["num_threads"] >= 1 for b in env["blas"])
+    if hasattr(os, "getloadavg"):
+        assert len(env["load_average_start"]) == 3 and len(env["load_average_end"]) == 3
+    assert isinstance(doc["warnings"], list)
+    by_case = {r["case"]: r for r in doc["results"]}
+    # book size: Affine has its roofline; the bandwidth-bound ones and the step say why not
+    assert 0 < by_case["affine"]["roofline"]["fwd+bwd vs BLAS"]
+    assert by_case["relu"]["roofline"] is None and "in cache" in by_case["relu"]["roofline_note"]
+    assert by_case["step"]["roofline"] is None and by_case["step"]["roofline_note"]
+    assert by_case["affine"]["shape"] == [100, 784, 50]
 
 
 def test_bench_table_and_bad_arguments(capsys):
@@ -31,6 +45,14 @@ def test_bench_table_and_bad_arguments(capsys):
                      "--no-torch", "--dtype", "float32"]) == 0
     out = capsys.readouterr().out
     assert "sigmoid" in out and "float32" in out and "ref/kern" in out
+    lines = out.splitlines()
+    assert any(line.startswith("BLAS threads") for line in lines)
+    assert any(line.startswith("kernel threads") for line in lines)
+    assert any(line.startswith("load average at start") for line in lines)
+    assert any(line.startswith("load average at end") for line in lines)
+    (row,) = [line for line in lines if line.startswith("sigmoid")]
+    assert "x 100x50" in row and row.rstrip().endswith("in cache")
+    assert any("smaller arrays sit in cache" in line for line in lines)
     assert cli.main(["bench", "--sizes", "huge"]) == 2
     assert cli.main(["bench", "--layers", "conv"]) == 2
     assert cli.main(["bench", "--dtype", "float16"]) == 2
@@ -95,3 +117,83 @@ def test_asv_conf_builds_with_pip_wheel():
     assert conf["environment_type"] == "virtualenv"
     assert any("pip wheel --no-deps" in c for c in conf["build_command"])
     assert conf["benchmark_dir"] == "benchmarks"
+
+
+def test_bench_table_shapes_and_blas_threads(capsys):
+    from threadpoolctl import threadpool_info
+
+    before = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
+    assert cli.main(["bench", "--sizes", "book", "--layers", "affine,step", "--time", "0.01",
+                     "--no-torch", "--blas-threads", "1"]) == 0
+    out = capsys.readouterr().out
+    (blas,) = [line for line in out.splitlines() if line.startswith("BLAS threads")]
+    assert "(--blas-threads)" in blas and " 1 (" in blas and " 2 (" not in blas
+    (affine,) = [line for line in out.splitlines() if line.startswith("affine")]
+    assert "x 100x784 W 784x50" in affine and "fwd+bwd vs BLAS" in affine
+    (step,) = [line for line in out.splitlines() if line.startswith("step")]
+    assert "x 100x784 784-50-10" in step and step.rstrip().endswith("n/a")
+    after = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
+    assert {k: v for k, v in after.items() if k in before} == before  # restored
+
+
+def test_bench_blas_threads_json_and_bad_value(capsys):
+    assert cli.main(["bench", "--sizes", "book", "--layers", "relu", "--time", "0.01",
+                     "--no-torch", "--blas-threads", "1", "--json"]) == 0
+    env = json.loads(capsys.readouterr().out)["environment"]
+    assert env["blas_threads_option"] == 1
+    assert env["blas"] and all(b["num_threads"] == 1 for b in env["blas"])
+    assert cli.main(["bench", "--blas-threads", "0"]) == 2
+    assert "at least 1" in capsys.readouterr().err
+
+
+def test_bench_without_threadpoolctl(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)
+    assert cli.main(["bench", "--sizes", "book", "--layers", "relu", "--blas-threads", "1",
+                     "--no-torch"]) == 2
+    assert "needs threadpoolctl" in capsys.readouterr().err
+    assert cli.main(["bench", "--sizes", "book", "--layers", "relu", "--time", "0.01",
+                     "--no-torch"]) == 0
+    assert "BLAS threads unknown (threadpoolctl not installed)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("others", "start", "end", "expected"), [
+    ([0.05, 0.1, 0.2], (0.1, 0, 0), (0.3, 0, 0), []),
+    ([0.05, 0.9], (0.1, 0, 0), (0.2, 0, 0), ["load changed"]),
+    ([0.05, 1.0], (0.1, 0, 0), (0.2, 0, 0), ["load changed", "under load"]),
+    ([0.0, 0.7], None, None, ["load changed"]),
+    ([1.4, 1.5, 1.6], (1.4, 0, 0), (1.5, 0, 0), ["under load"]),
+    ([None, None], (0.2, 0, 0), (1.5, 0, 0), ["load changed"]),   # no /proc/stat
+    ([None], (0.2, 0, 0), (0.4, 0, 0), []),
+    ([None], None, None, []),
+])
+def test_load_warnings(others, start, end, expected):
+    warnings = bench.load_warnings(others, start, end)
+    assert len(warnings) == len(expected)
+    for w, e in zip(warnings, expected, strict=True):
+        assert e.replace("load changed", "the load changed") in w
+
+
+def test_other_processes_cpu_is_busy_time_less_our_own(monkeypatch):
+    """others = (busy time of all CPUs - this process's CPU time) / wall time, never < 0."""
+    samples = iter([(0.0, 100.0, 5.0), (2.0, 103.0, 6.8), (3.0, 103.5, 7.8)])
+    monkeypatch.setattr(bench._CpuClock, "_now", staticmethod(lambda: next(samples)))
+    clock = bench._CpuClock()
+    assert clock.others() == pytest.approx((3.0 - 1.8) / 2.0)
+    assert clock.others() == 0.0  # tick rounding may make busy < own: clipped
+    monkeypatch.setattr(bench._CpuClock, "_now", staticmethod(lambda: (0.0, None, 1.0)))
+    assert bench._CpuClock().others() is None  # no /proc/stat
+
+
+def test_busy_seconds_counts_our_own_work():
+    import time
+
+    first = bench._busy_seconds()
+    if first is None:
+        pytest.skip("no /proc/stat")
+    own = sum(os.times()[:2])
+    end = time.perf_counter() + 0.3
+    while time.perf_counter() < end:
+        pass
+    spent = sum(os.times()[:2]) - own
+    assert spent > 0.1
+    assert bench._busy_seconds() - first >= spent - 0.05  # all CPUs' busy time includes ours

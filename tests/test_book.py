@@ -13,8 +13,9 @@ import pytest
 
 import fastbp
 from fastbp import layers, reference
+from fastbp.backends import BACKENDS, layer_module
 
-BACKENDS = {"kernel": layers, "reference": reference.layers}
+LAYERS = {backend: layer_module(backend) for backend in BACKENDS}
 
 
 def numerical_gradient(f, x):
@@ -119,12 +120,12 @@ def small_problem(seed=0, n=3, d=20, classes=5):
     return x, t
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_gradient_check_like_the_book(backend):
     """``ch05/gradient_check.py``: mean |backprop - numerical| per parameter."""
     x, t = small_problem()
     diffs = {}
-    for name, L in (("fastbp", BACKENDS[backend]), ("book", BookLayers)):
+    for name, L in (("fastbp", LAYERS[backend]), ("book", BookLayers)):
         net = BookTwoLayerNet(L, 20, 10, 5, rng=np.random.default_rng(1))
         numeric = net.numerical_gradient(x, t)
         backprop = net.gradient(x, t)
@@ -135,15 +136,15 @@ def test_gradient_check_like_the_book(backend):
         assert diff <= 2 * diffs["book"][key] + 1e-12, (key, diff, diffs["book"][key])
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_layers_hold_the_params_arrays(backend):
-    net = BookTwoLayerNet(BACKENDS[backend], 20, 10, 5)
+    net = BookTwoLayerNet(LAYERS[backend], 20, 10, 5)
     assert net.layers["Affine1"].W is net.params["W1"]
     assert net.layers["Affine2"].b is net.params["b2"]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_training_loop_with_in_place_sgd(backend, dtype):
     """``ch05/train_neuralnet.py`` on a small separable problem: the net must learn."""
     rng = np.random.default_rng(2)
@@ -151,11 +152,11 @@ def test_training_loop_with_in_place_sgd(backend, dtype):
     labels = rng.integers(0, 4, 600)
     x = (centers[labels] + rng.standard_normal((600, 16))).astype(dtype)
     t = np.eye(4, dtype=dtype)[labels]
-    net = BookTwoLayerNet(BACKENDS[backend], 16, 20, 4, weight_init_std=0.1,
+    net = BookTwoLayerNet(LAYERS[backend], 16, 20, 4, weight_init_std=0.1,
                           rng=np.random.default_rng(3))
     for key in net.params:
         net.params[key] = net.params[key].astype(dtype)
-    net = _rebind(net, BACKENDS[backend])
+    net = _rebind(net, LAYERS[backend])
     ids = {k: id(v) for k, v in net.params.items()}
     first = net.loss(x, t)
     for _ in range(300):
@@ -179,7 +180,7 @@ def _rebind(net, L):
 def test_both_backends_train_the_same_way():
     x, t = small_problem(seed=4, n=40, d=12, classes=3)
     results = {}
-    for backend, L in BACKENDS.items():
+    for backend, L in LAYERS.items():
         net = BookTwoLayerNet(L, 12, 8, 3, weight_init_std=0.3, rng=np.random.default_rng(5))
         for _ in range(50):
             grad = net.gradient(x, t)
@@ -191,10 +192,10 @@ def test_both_backends_train_the_same_way():
                                    rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_buy_apple(backend):
     """``ch05/buy_apple.py``: 2 apples at 100, tax 1.1."""
-    L = BACKENDS[backend]
+    L = LAYERS[backend]
     apple, apple_num, tax = 100, 2, 1.1
     mul_apple_layer, mul_tax_layer = L.MulLayer(), L.MulLayer()
     apple_price = mul_apple_layer.forward(apple, apple_num)
@@ -207,10 +208,10 @@ def test_buy_apple(backend):
     assert dtax == 200 and type(dtax) is int and str(dtax) == "200"
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_buy_apple_orange(backend):
     """``ch05/buy_apple_orange.py``: 2 apples at 100 and 3 oranges at 150, tax 1.1."""
-    L = BACKENDS[backend]
+    L = LAYERS[backend]
     apple, apple_num, orange, orange_num, tax = 100, 2, 150, 3, 1.1
     mul_apple, mul_orange, add, mul_tax = L.MulLayer(), L.MulLayer(), L.AddLayer(), L.MulLayer()
     apple_price = mul_apple.forward(apple, apple_num)

@@ -1,6 +1,7 @@
 """The data loaders: MNIST from small IDX files written here, and the embedded digits."""
 
 import gzip
+import pathlib
 import struct
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from fastbp.datasets import MNIST_FILES, load_digits, load_mnist
+from fastbp.datasets import MNIST_DIR_ENV, MNIST_FILES, load_digits, load_mnist, read_idx
 
 N_TRAIN, N_TEST = 5, 3
 
@@ -23,8 +24,8 @@ def write_gz(path, payload):
         f.write(payload)
 
 
-def write_mnist(directory, n_train=N_TRAIN, n_test=N_TEST, seed=0):
-    """Four valid IDX files of random images; returns the arrays written."""
+def write_mnist(directory, n_train=N_TRAIN, n_test=N_TEST, seed=0, gz=True):
+    """Four valid IDX files of random images (gzipped, or not); returns the arrays written."""
     rng = np.random.default_rng(seed)
     data = {
         "train_img": rng.integers(0, 256, (n_train, 28, 28)),
@@ -34,7 +35,10 @@ def write_mnist(directory, n_train=N_TRAIN, n_test=N_TEST, seed=0):
     }
     for key, array in data.items():
         magic = 2051 if key.endswith("img") else 2049
-        write_gz(directory / MNIST_FILES[key], idx_bytes(array, magic))
+        if gz:
+            write_gz(directory / MNIST_FILES[key], idx_bytes(array, magic))
+        else:
+            (directory / MNIST_FILES[key].removesuffix(".gz")).write_bytes(idx_bytes(array, magic))
     return data
 
 
@@ -45,7 +49,7 @@ def mnist_dir(tmp_path):
 
 def test_load_mnist_book_defaults(mnist_dir):
     path, data = mnist_dir
-    (x_train, t_train), (x_test, t_test) = load_mnist(path)
+    (x_train, t_train), (x_test, t_test) = load_mnist(path=path)
     assert x_train.shape == (N_TRAIN, 784) and x_test.shape == (N_TEST, 784)
     assert x_train.dtype == np.float32
     np.testing.assert_allclose(x_train, data["train_img"].reshape(N_TRAIN, 784) / 255.0,
@@ -57,8 +61,8 @@ def test_load_mnist_book_defaults(mnist_dir):
 
 def test_load_mnist_options(mnist_dir):
     path, data = mnist_dir
-    (x_train, t_train), (x_test, _) = load_mnist(str(path), normalize=False, flatten=False,
-                                                 one_hot_label=True)
+    (x_train, t_train), (x_test, _) = load_mnist(normalize=False, flatten=False,
+                                                 one_hot_label=True, path=str(path))
     assert x_train.dtype == np.uint8 and x_train.shape == (N_TRAIN, 1, 28, 28)
     np.testing.assert_array_equal(x_test[:, 0], data["test_img"])
     assert x_train.flags.writeable
@@ -69,11 +73,166 @@ def test_load_mnist_options(mnist_dir):
 
 def test_missing_directory_and_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="MNIST directory not found"):
-        load_mnist(tmp_path / "nowhere")
+        load_mnist(path=tmp_path / "nowhere")
     write_mnist(tmp_path)
     (tmp_path / MNIST_FILES["test_label"]).unlink()
     with pytest.raises(FileNotFoundError, match=r"t10k-labels-idx1-ubyte\.gz"):
+        load_mnist(path=tmp_path)
+
+
+def test_every_missing_file_is_named_at_once(tmp_path):
+    write_mnist(tmp_path)
+    for key in ("train_img", "test_label"):
+        (tmp_path / MNIST_FILES[key]).unlink()
+    with pytest.raises(FileNotFoundError) as info:
+        load_mnist(path=tmp_path)
+    message = str(info.value)
+    assert MNIST_FILES["train_img"] in message and MNIST_FILES["test_label"] in message
+    assert MNIST_FILES["train_label"] not in message and "found 2 of 4" in message
+
+
+def test_a_test_set_only_directory_names_both_training_files(tmp_path):
+    """Only the t10k files (as some mirrors ship): no silent half data set."""
+    write_mnist(tmp_path)
+    for key in ("train_img", "train_label"):
+        (tmp_path / MNIST_FILES[key]).unlink()
+    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte\.gz, "
+                                                r"train-labels-idx1-ubyte\.gz"):
+        load_mnist(path=tmp_path)
+
+
+def test_uncompressed_idx_files_read_the_same(tmp_path):
+    gz_dir, raw_dir = tmp_path / "gz", tmp_path / "raw"
+    gz_dir.mkdir()
+    raw_dir.mkdir()
+    write_mnist(gz_dir, seed=3)
+    write_mnist(raw_dir, seed=3, gz=False)
+    assert not list(raw_dir.glob("*.gz"))
+    for a, b in zip(load_mnist(path=gz_dir), load_mnist(path=raw_dir), strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    # a mixture: two files gzipped, two not
+    for key in ("train_img", "test_label"):
+        (raw_dir / MNIST_FILES[key]).write_bytes((gz_dir / MNIST_FILES[key]).read_bytes())
+        (raw_dir / MNIST_FILES[key].removesuffix(".gz")).unlink()
+    np.testing.assert_array_equal(load_mnist(path=raw_dir)[0][0], load_mnist(path=gz_dir)[0][0])
+
+
+def test_uncompressed_name_holding_gzip_says_so(tmp_path):
+    write_mnist(tmp_path, gz=False)
+    name = MNIST_FILES["train_label"].removesuffix(".gz")
+    (tmp_path / name).write_bytes(gzip.compress((tmp_path / name).read_bytes()))
+    with pytest.raises(ValueError, match=f"{name}: this is a gzip file"):
+        load_mnist(path=tmp_path)
+
+
+def test_corrupt_uncompressed_file_is_named(tmp_path):
+    write_mnist(tmp_path, gz=False)
+    name = MNIST_FILES["test_img"].removesuffix(".gz")
+    (tmp_path / name).write_bytes((tmp_path / name).read_bytes()[:-5])
+    with pytest.raises(ValueError, match=f"{name}: header gives dimensions"):
+        load_mnist(path=tmp_path)
+
+
+def test_a_directory_as_first_argument_says_to_pass_path(tmp_path):
+    with pytest.raises(TypeError, match=r"load_mnist\(path="):
+        load_mnist(str(tmp_path))
+    with pytest.raises(TypeError, match="normalize"):
         load_mnist(tmp_path)
+
+
+# --- load_mnist without a path: where the book's readers already have the files ------------
+
+
+@pytest.fixture
+def book_layout(tmp_path, monkeypatch):
+    """A clone of the book's repository: dataset/ beside ch05/, the script run from ch05/."""
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "ch05").mkdir()
+    monkeypatch.chdir(tmp_path / "ch05")
+    monkeypatch.delenv(MNIST_DIR_ENV, raising=False)
+    return tmp_path
+
+
+def test_book_call_finds_dataset_beside_the_chapter(book_layout):
+    data = write_mnist(book_layout / "dataset")
+    (x_train, t_train), (_, t_test) = load_mnist(normalize=True, one_hot_label=True)
+    assert x_train.shape == (N_TRAIN, 784) and t_train.shape == (N_TRAIN, 10)
+    np.testing.assert_array_equal(t_test.argmax(axis=1), data["test_label"])
+
+
+def test_search_order_env_then_dot_then_dotdot(book_layout, tmp_path, monkeypatch):
+    write_mnist(book_layout / "dataset", seed=1)
+    (book_layout / "ch05" / "dataset").mkdir()
+    here = write_mnist(book_layout / "ch05" / "dataset", seed=2)
+    np.testing.assert_array_equal(load_mnist()[1][1], here["test_label"])
+    env_dir = tmp_path / "elsewhere"
+    env_dir.mkdir()
+    there = write_mnist(env_dir, seed=4, gz=False)
+    monkeypatch.setenv(MNIST_DIR_ENV, str(env_dir))
+    np.testing.assert_array_equal(load_mnist()[1][1], there["test_label"])
+
+
+def test_a_partial_directory_found_first_is_reported_not_skipped(book_layout):
+    """./dataset with a half-finished download: name what it lacks, do not quietly read
+    ../dataset instead."""
+    write_mnist(book_layout / "dataset")
+    (book_layout / "ch05" / "dataset").mkdir()
+    write_mnist(book_layout / "ch05" / "dataset")
+    (book_layout / "ch05" / "dataset" / MNIST_FILES["train_img"]).unlink()
+    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte\.gz") as info:
+        load_mnist()
+    assert str(book_layout / "ch05" / "dataset") in str(info.value)
+
+
+def test_nothing_found_names_every_place_searched(book_layout, tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError) as info:
+        load_mnist()
+    message = str(info.value)
+    assert f"${MNIST_DIR_ENV} (not set)" in message
+    assert f"./dataset = {book_layout / 'ch05' / 'dataset'} (no such directory)" in message
+    assert f"../dataset = {book_layout / 'dataset'} (no MNIST files)" in message
+    assert "never downloads" in message and "path=" in message
+    monkeypatch.setenv(MNIST_DIR_ENV, str(tmp_path / "typo"))
+    with pytest.raises(FileNotFoundError, match=rf"\${MNIST_DIR_ENV} = .*typo \(no such"):
+        load_mnist()
+
+
+def test_nothing_is_downloaded(book_layout, monkeypatch):
+    import socket
+    import urllib.request
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_mnist tried the network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(urllib.request, "urlretrieve", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(FileNotFoundError):
+        load_mnist()
+    assert not any((book_layout / "dataset").iterdir())
+
+
+def _shared_mnist():
+    for parent in pathlib.Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "data" / "mnist"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+@pytest.mark.skipif(_shared_mnist() is None, reason="no real MNIST files here")
+def test_real_test_set_files(monkeypatch):
+    """The real t10k files: they read; a directory of only them names the training files."""
+    directory = _shared_mnist()
+    images = read_idx(directory / MNIST_FILES["test_img"], 2051)
+    labels = read_idx(directory / MNIST_FILES["test_label"], 2049)
+    assert images.shape == (10000, 28, 28) and labels.shape == (10000,)
+    assert set(np.unique(labels)) == set(range(10))
+    monkeypatch.setenv(MNIST_DIR_ENV, str(directory))
+    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte\.gz, "
+                                                r"train-labels-idx1-ubyte\.gz"):
+        load_mnist()
 
 
 def good_gz(key):
@@ -110,7 +269,7 @@ def test_corrupt_files_raise_a_value_error_naming_the_file(mnist_dir, key, make,
     path, _ = mnist_dir
     (path / MNIST_FILES[key]).write_bytes(make())
     with pytest.raises(ValueError, match=message) as info:
-        load_mnist(path)
+        load_mnist(path=path)
     assert MNIST_FILES[key] in str(info.value)
 
 

@@ -15,9 +15,8 @@ from hypothesis.extra import numpy as hnp
 from layouts import LAYOUTS
 
 from fastbp import layers, reference, threads
-from fastbp.kernels import jit
-from fastbp.testing import assert_finite_differences, assert_layers_agree
-from fastbp.verify import FixedUniforms
+from fastbp.kernels import parallel
+from fastbp.testing import FixedUniforms, assert_finite_differences, assert_layers_agree
 
 BACKENDS = {"kernel": layers, "reference": reference.layers}
 
@@ -94,7 +93,7 @@ def test_ratio_zero_keeps_everything_and_attribute_changes_are_seen(L):
 @pytest.mark.parametrize("name", ["Dropout[train]", "Dropout[test]"])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_agreement_through_the_helper(name, dtype, build):
-    from fastbp.verify import layer_cases
+    from fastbp.testing import layer_cases
 
     for batch in (1, 5):
         case = next(c for c in layer_cases(seed=2, batch=batch) if c.name == name)
@@ -229,8 +228,8 @@ def test_bad_input_never_crashes_the_threaded_kernels():
     code = textwrap.dedent("""
         import numpy as np
         from fastbp import layers
-        from fastbp.kernels import jit
-        jit.PARALLEL_MIN_ELEMENTS = 0
+        from fastbp.kernels import parallel
+        parallel.settings(parallel_min_elements=0).__enter__()  # for the whole script
         layer = layers.Dropout(0.5)
         layer.forward(np.ones((300, 400)))
         for dout in (np.ones(3), np.ones((400, 300)), np.ones((300, 401))):
@@ -273,16 +272,16 @@ def _run(x, dout):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_bit_identical_across_builds_and_thread_counts(dtype, monkeypatch):
+def test_bit_identical_across_builds_and_thread_counts(dtype):
     rng = np.random.default_rng(10)
     x, dout = (rng.standard_normal((300, 1000)).astype(dtype) for _ in range(2))
-    monkeypatch.setattr(jit, "PARALLEL_MIN_ELEMENTS", np.iinfo(np.int64).max)
-    serial = _run(x, dout)
-    monkeypatch.setattr(jit, "PARALLEL_MIN_ELEMENTS", 0)
-    for n in sorted({1, 2, numba.config.NUMBA_NUM_THREADS}):
-        if n <= numba.config.NUMBA_NUM_THREADS:
-            with threads.threads(n):
-                assert _run(x, dout) == serial, n
+    with parallel.settings(parallel_min_elements=parallel.BUILDS["serial"]):
+        serial = _run(x, dout)
+    with parallel.settings(parallel_min_elements=parallel.BUILDS["threaded"]):
+        for n in sorted({1, 2, numba.config.NUMBA_NUM_THREADS}):
+            if n <= numba.config.NUMBA_NUM_THREADS:
+                with threads.threads(n):
+                    assert _run(x, dout) == serial, n
 
 
 # --- hypothesis -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from hypothesis.extra import numpy as hnp
 from layouts import LAYOUTS
 
 from fastbp import layers, reference
+from fastbp.backends import BACKENDS, layer_module
 from fastbp.testing import assert_layers_agree
 
 DTYPES = st.sampled_from([np.float32, np.float64])
@@ -68,7 +69,7 @@ def test_softmax_with_loss(data, dtype, form):
 # --- both backends against the float64 oracle, with special values and layouts -------------
 
 SPECIAL = st.one_of(FINITE, st.sampled_from([np.inf, -np.inf, np.nan]))
-BACKENDS = {"kernel": layers, "reference": reference.layers}
+LAYERS = {backend: layer_module(backend) for backend in BACKENDS}
 
 
 def laid_out(x, dtype, layout):
@@ -76,15 +77,15 @@ def laid_out(x, dtype, layout):
 
 
 @given(x=matrices(elements=SPECIAL), dtype=DTYPES, layout=st.sampled_from(list(LAYOUTS)),
-       backend=st.sampled_from(list(BACKENDS)), name=st.sampled_from(["Relu", "Sigmoid"]))
+       backend=st.sampled_from(BACKENDS), name=st.sampled_from(["Relu", "Sigmoid"]))
 def test_elementwise_special_values_and_layouts(x, dtype, layout, backend, name):
-    candidate = getattr(BACKENDS[backend], name)
+    candidate = getattr(LAYERS[backend], name)
     assert_layers_agree(lambda c: candidate(), lambda c: getattr(reference.layers, name)(),
                         (laid_out(x, dtype, layout),), dtype=dtype)
 
 
 @given(data=st.data(), dtype=DTYPES, layout=st.sampled_from(list(LAYOUTS)),
-       backend=st.sampled_from(list(BACKENDS)), form=st.sampled_from(["labels", "probs"]))
+       backend=st.sampled_from(BACKENDS), form=st.sampled_from(["labels", "probs"]))
 def test_softmax_special_values_and_layouts(data, dtype, layout, backend, form):
     x = data.draw(matrices(elements=SPECIAL))
     n, c = x.shape
@@ -97,21 +98,21 @@ def test_softmax_special_values_and_layouts(data, dtype, layout, backend, form):
         t = laid_out(data.draw(hnp.arrays(np.float64, (n, c), elements=st.floats(0, 1))), dtype,
                      layout)
         terms = np.max(np.sum(t, axis=1), initial=1.0) / max(n, 1)
-    assert_layers_agree(lambda c: BACKENDS[backend].SoftmaxWithLoss(),
+    assert_layers_agree(lambda c: LAYERS[backend].SoftmaxWithLoss(),
                         lambda c: reference.layers.SoftmaxWithLoss(),
                         (laid_out(x, dtype, layout), t), dtype=dtype,
                         scales={"backward": terms})
 
 
 @given(data=st.data(), dtype=DTYPES, layout=st.sampled_from(list(LAYOUTS)),
-       backend=st.sampled_from(list(BACKENDS)))
+       backend=st.sampled_from(BACKENDS))
 def test_affine_layouts_against_the_oracle(data, dtype, layout, backend):
     n, d, h = (data.draw(st.integers(lo, 7)) for lo in (0, 1, 1))
     elems = st.floats(-100, 100, allow_nan=False, width=32)
     x = data.draw(hnp.arrays(np.float64, (n, d), elements=elems))
     W = data.draw(hnp.arrays(np.float64, (d, h), elements=elems))
     b = data.draw(hnp.arrays(np.float64, (h,), elements=elems))
-    L = BACKENDS[backend]
+    L = LAYERS[backend]
     assert_layers_agree(lambda c: L.Affine(LAYOUTS[layout](c(W)), c(b)),
                         lambda c: reference.layers.Affine(c(W), c(b)),
                         (laid_out(x, dtype, layout),), dtype=dtype, grads=("dW", "db"))

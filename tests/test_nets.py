@@ -5,19 +5,17 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from fastbp import layers as kernel_layers
+from fastbp.backends import BACKENDS, layer_module
 from fastbp.datasets import load_digits
 from fastbp.gradient import gradient_check
 from fastbp.nets import MultiLayerNet, TwoLayerNet
 from fastbp.optim import SGD
-from fastbp.reference import layers as reference_layers
 
-BACKENDS = ["kernel", "reference"]
-LAYERS = {"kernel": kernel_layers, "reference": reference_layers}
+LAYERS = {backend: layer_module(backend) for backend in BACKENDS}
 
 
 def close64(a, b):
-    """NUMERICS.md: reference vs kernel in float64, rtol 1e-12, atol 1e-12 x largest value."""
+    """docs/numerics.md: reference vs kernel in float64, rtol 1e-12, atol 1e-12 x largest value."""
     scale = max(1.0, float(np.max(np.abs(b))) if np.size(b) else 1.0)
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * scale)
 
@@ -198,3 +196,57 @@ def test_multi_layer_net_learns(backend, digits):
         mask = rng.choice(x_train.shape[0], 100)
         opt.update(net.params, net.gradient(x_train[mask], t_train[mask]))
     assert net.accuracy(x_test, t_test) > 0.85
+
+
+def _book_gradient(net, x, t):
+    """The book's gradient(): every layer's backward, the first layer's dx included."""
+    net.loss(x, t)
+    dout = net.last_layer.backward(1)
+    for layer in reversed(list(net.layers.values())):
+        dout = layer.backward(dout)
+    return {key: np.array(getattr(net.layers[f"Affine{key[1:]}"], "d" + key[0]), copy=True)
+            for key in net.params}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gradient_skips_the_first_dx_and_gives_the_same_bits(dtype, digits, monkeypatch):
+    (x, t), _ = digits
+    x, t = x[:40].astype(dtype), t[:40]
+    for net in (TwoLayerNet(64, 20, 10, rng=1, dtype=dtype),
+                MultiLayerNet(64, [20, 15], 10, rng=1, dtype=dtype, weight_decay_lambda=0)):
+        expected = _book_gradient(net, x, t)
+
+        def no_dx(dout):
+            raise AssertionError("the net asked the first layer for a dx nobody reads")
+        monkeypatch.setattr(net.layers["Affine1"], "backward", no_dx)
+        grads = net.gradient(x, t)
+        assert set(grads) == set(expected)
+        for key in grads:
+            assert grads[key].dtype == dtype
+            assert grads[key].tobytes() == expected[key].tobytes(), key
+
+
+def test_reference_nets_still_run_every_backward(digits):
+    (x, t), _ = digits
+    net = TwoLayerNet(64, 8, 10, backend="reference", rng=0)
+    calls = []
+    first = net.layers["Affine1"]
+    original = first.backward
+    first.backward = lambda dout: calls.append(1) or original(dout)
+    net.gradient(x[:5], t[:5])
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grads_of_one_call_survive_the_next(backend, digits):
+    """Each gradient() returns new arrays: grads a user keeps are never overwritten."""
+    (x, t), _ = digits
+    net = TwoLayerNet(64, 8, 10, backend=backend, rng=0)
+    first = net.gradient(x[:10], t[:10])
+    kept = {k: g.copy() for k, g in first.items()}
+    second = net.gradient(x[10:20], t[10:20])
+    for key in first:
+        np.testing.assert_array_equal(first[key], kept[key])
+        assert not np.shares_memory(first[key], second[key])
+        assert not np.shares_memory(first[key], net.params[key])
+    assert not np.array_equal(first["W1"], second["W1"])

@@ -1,19 +1,19 @@
-"""Every row of NUMERICS.md's table, and its other requirements, on both backends."""
+"""Every row of docs/numerics.md's tables, and its other requirements, on both backends."""
 
 import math
 
 import numpy as np
 import pytest
 
-from fastbp import functions, layers, reference
+from fastbp.backends import BACKENDS, function_module, layer_module
 
-BACKENDS = {"kernel": layers, "reference": reference.layers}
-FUNCTIONS = {"kernel": functions, "reference": reference.functions}
+LAYERS = {backend: layer_module(backend) for backend in BACKENDS}
+FUNCTIONS = {backend: function_module(backend) for backend in BACKENDS}
 
 
-@pytest.fixture(params=list(BACKENDS))
+@pytest.fixture(params=BACKENDS)
 def L(request):
-    return BACKENDS[request.param]
+    return LAYERS[request.param]
 
 
 # No edge case may warn (overflow in exp, invalid value, mean of empty slice, ...).
@@ -103,10 +103,53 @@ def test_affine_shape_mismatch_names_both_shapes(L):
         layer.backward(np.zeros((5, 3)))
 
 
+def test_affine_one_sample_as_1d_suggests_a_reshape(L):
+    """x of shape (10,) is 10 samples of one feature (the book's convention): say so, and
+    suggest x.reshape(1, -1) when that is one sample that fits."""
+    layer = L.Affine(np.zeros((10, 3)), np.zeros(3))
+    with pytest.raises(ValueError, match=r"\(10,\).*x\.reshape\(1, -1\)"):
+        layer.forward(np.zeros(10))
+    assert layer.forward(np.zeros(10).reshape(1, -1)).shape == (1, 3)
+    with pytest.raises(ValueError, match="samples of one feature") as info:
+        layer.forward(np.zeros(7))
+    assert "reshape" not in str(info.value)  # 7 values are no sample of W's 10 features
+
+
 def test_backward_before_forward(L):
     for layer in (L.Relu(), L.Sigmoid(), L.Affine(np.zeros((2, 2)), 0), L.SoftmaxWithLoss()):
         with pytest.raises(RuntimeError, match="before"):
             layer.backward(np.ones((2, 2)))
+
+
+def test_dout_that_broadcasts_is_accepted(L):
+    x = np.array([[1.0, -2.0, 3.0], [-1.0, 2.0, -0.5]])
+    for layer in (L.Relu(), L.Sigmoid()):
+        layer.forward(x)
+        np.testing.assert_array_equal(layer.backward(np.arange(3.0)),
+                                      layer.backward(np.tile(np.arange(3.0), (2, 1))))
+    affine = L.Affine(np.ones((3, 2)), np.zeros(2))
+    affine.forward(x)
+    np.testing.assert_array_equal(affine.backward(np.ones(2)), affine.backward(np.ones((2, 2))))
+
+
+def test_a_failed_forward_keeps_the_previous_result(L):
+    x = np.array([[1.0, -2.0, 3.0], [-1.0, 2.0, -0.5]])
+    relu, sig, affine = L.Relu(), L.Sigmoid(), L.Affine(np.ones((3, 2)), np.zeros(2))
+    relu.forward(x)
+    sig.forward(x)
+    affine.forward(x)
+    kept = (relu.mask.copy(), sig.out.copy(), affine.x.copy(), affine.original_x_shape)
+    for layer in (relu, sig, affine):
+        with pytest.raises(TypeError):
+            layer.forward(np.zeros((2, 3), dtype=complex))
+    with pytest.raises(ValueError):
+        affine.forward(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="batch axis"):
+        affine.forward(np.float64(1.0))
+    np.testing.assert_array_equal(relu.mask, kept[0])
+    np.testing.assert_array_equal(sig.out, kept[1])
+    np.testing.assert_array_equal(affine.x, kept[2])
+    assert affine.original_x_shape == kept[3]
 
 
 # --- logits dtypes -------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def run_optimizer(opt, params, grads):
 
 
 def assert_close(actual, expected, dtype):
-    """NUMERICS.md tolerances: float64 1e-12; float32 against the float64 formula, torch's."""
+    """docs/numerics.md tolerances: float64 1e-12; float32 against the float64 formula, torch's."""
     for k in expected:
         a, e = actual[k], expected[k]
         assert a.dtype == dtype and a.shape == e.shape

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from fastbp import layers, reference
-from fastbp.kernels import jit
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,8 +28,7 @@ def run_python(code, env=None, timeout=300):
 DANGEROUS = r"""
 import numpy as np
 from fastbp import layers, reference
-from fastbp.kernels import jit
-jit.PARALLEL_MIN_ELEMENTS = {threshold}
+from fastbp.kernels import parallel
 cases = {{
     "label C": lambda L: L.SoftmaxWithLoss().forward(np.zeros((4, 3)), np.array([0, 1, 3, 2])),
     "label -1": lambda L: L.SoftmaxWithLoss().forward(np.zeros((4, 3)), np.array([0, -1, 1, 2])),
@@ -61,21 +59,21 @@ cases["relu short dout"] = lambda L: short_dout(L, lambda L: L.Relu(), np.zeros(
 cases["sigmoid short dout"] = lambda L: short_dout(L, lambda L: L.Sigmoid(), np.zeros((50, 50)))
 cases["affine short dout"] = lambda L: short_dout(
     L, lambda L: L.Affine(np.zeros((50, 4)), np.zeros(4)), np.zeros((50, 50)))
-for name, case in cases.items():
-    for L in (layers, reference.layers):
-        try:
-            case(L)
-        except (IndexError, ValueError, TypeError) as exc:
-            print(name, L.__name__, type(exc).__name__)
-        else:
-            print(name, L.__name__, "NO ERROR")
+with parallel.settings(parallel_min_elements=parallel.BUILDS["{build}"]):
+    for name, case in cases.items():
+        for L in (layers, reference.layers):
+            try:
+                case(L)
+            except (IndexError, ValueError, TypeError) as exc:
+                print(name, L.__name__, type(exc).__name__)
+            else:
+                print(name, L.__name__, "NO ERROR")
 """
 
 
 @pytest.mark.parametrize("build", ["serial", "threaded"])
 def test_dangerous_inputs_raise_and_never_crash(build):
-    threshold = 0 if build == "threaded" else 2**62
-    proc = run_python(DANGEROUS.format(threshold=threshold))
+    proc = run_python(DANGEROUS.format(build=build))
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     lines = proc.stdout.splitlines()
     assert len(lines) == 2 * 19, proc.stdout
@@ -107,9 +105,7 @@ def one_pass(seed):
     return [np.asarray(value), dx, affine.dW, affine.db]
 
 
-@pytest.mark.parametrize("build", ["serial", "threaded"])
-def test_eight_threads_agree_with_a_serial_run(build, monkeypatch):
-    monkeypatch.setattr(jit, "PARALLEL_MIN_ELEMENTS", 0 if build == "threaded" else 2**62)
+def test_eight_threads_agree_with_a_serial_run(build):
     expected = {seed: one_pass(seed) for seed in range(8)}
     results, errors = {}, []
 
@@ -137,15 +133,15 @@ def test_threads_in_a_fresh_process_do_not_abort():
     code = """
     import threading, numpy as np
     from fastbp import layers
-    from fastbp.kernels import jit
-    jit.PARALLEL_MIN_ELEMENTS = 0
+    from fastbp.kernels import parallel
     x = np.random.default_rng(0).standard_normal((300, 300))
     def work():
         for _ in range(20):
             r = layers.Relu(); r.backward(r.forward(x))
             s = layers.Sigmoid(); s.backward(s.forward(x))
-    ts = [threading.Thread(target=work) for _ in range(8)]
-    [t.start() for t in ts]; [t.join() for t in ts]
+    with parallel.settings(parallel_min_elements=0):
+        ts = [threading.Thread(target=work) for _ in range(8)]
+        [t.start() for t in ts]; [t.join() for t in ts]
     import numba; print("ok", numba.threading_layer())
     """
     proc = run_python(code)
@@ -161,15 +157,15 @@ def test_fork_after_parallel_work():
     code = """
     import os, sys, numpy as np
     from fastbp import layers
-    from fastbp.kernels import jit
-    jit.PARALLEL_MIN_ELEMENTS = 0
+    from fastbp.kernels import parallel
     x = np.random.default_rng(0).standard_normal((400, 400))
-    parent = layers.Sigmoid().forward(x)
-    pid = os.fork()
-    if pid == 0:
-        child = layers.Sigmoid().forward(x)
-        r = layers.Relu(); r.backward(r.forward(x))
-        os._exit(0 if child.tobytes() == parent.tobytes() else 3)
+    with parallel.settings(parallel_min_elements=0):
+        parent = layers.Sigmoid().forward(x)
+        pid = os.fork()
+        if pid == 0:
+            child = layers.Sigmoid().forward(x)
+            r = layers.Relu(); r.backward(r.forward(x))
+            os._exit(0 if child.tobytes() == parent.tobytes() else 3)
     _, status = os.waitpid(pid, 0)
     print("child", os.waitstatus_to_exitcode(status))
     """
@@ -288,20 +284,19 @@ def test_threads_on_each_threading_layer(layer):
     code = """
     import threading, numpy as np, numba
     from fastbp import layers
-    from fastbp.kernels import jit
-    jit.PARALLEL_MIN_ELEMENTS = 0
-    jit.ADAPT_TO_LOAD = False
+    from fastbp.kernels import parallel
     x = np.random.default_rng(0).standard_normal((300, 300))
-    want = layers.Sigmoid().forward(x)
     bad = []
     def work():
         for _ in range(30):
             r = layers.Relu(); r.backward(r.forward(x))
             if layers.Sigmoid().forward(x).tobytes() != want.tobytes():
                 bad.append(1)
-    ts = [threading.Thread(target=work) for _ in range(8)]
-    [t.start() for t in ts]; [t.join() for t in ts]
-    print(numba.threading_layer(), jit._LAYER_LOCK is not None, len(bad))
+    with parallel.settings(parallel_min_elements=0, adapt_to_load=False):
+        want = layers.Sigmoid().forward(x)
+        ts = [threading.Thread(target=work) for _ in range(8)]
+        [t.start() for t in ts]; [t.join() for t in ts]
+    print(numba.threading_layer(), parallel._LAYER_LOCK is not None, len(bad))
     """
     proc = run_python(code, env={"NUMBA_THREADING_LAYER": layer})
     if layer == "omp" and "No threading layer" in proc.stderr:

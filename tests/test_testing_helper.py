@@ -56,6 +56,27 @@ def test_upcast_is_caught():
     assert [c.quantity for c in result.checks if not c.passed] == ["dtype"]
 
 
+class GradientsUpcast(layers.Affine):
+    """float16 in, float32 gradients out: what Affine once did."""
+
+    def backward(self, dout):
+        dx = super().backward(dout)
+        self.dW = self.dW.astype(np.float32)
+        return dx.astype(np.float32)
+
+
+def test_upcast_of_a_gradient_is_caught():
+    rng = np.random.default_rng(0)
+    W, b, x = rng.standard_normal((4, 3)), rng.standard_normal(3), rng.standard_normal((5, 4))
+    result = compare_layers(lambda c: GradientsUpcast(c(W), c(b)),
+                            lambda c: reference.layers.Affine(c(W), c(b)), (x,),
+                            dtype=np.float16, grads=("dW", "db"))
+    failed = [c for c in result.checks if not c.passed]
+    assert [c.quantity for c in failed] == ["dtype"]
+    assert "backward float32" in failed[0].detail and "dW float32" in failed[0].detail
+    assert "db" not in failed[0].detail
+
+
 def test_mutation_of_an_input_is_caught():
     # dout is not an input of forward; a layer mutating x is caught by "inputs kept".
     class MutatesX(layers.Relu):

@@ -1,26 +1,28 @@
-"""fastbp.threads: setting, restoring, and results that never depend on the thread count."""
+"""fastbp.threads and fastbp.kernels.parallel: setting, restoring, per-thread counts, and results
+that never depend on the thread count. (conftest.py restores the defaults after every test.)"""
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
 
 import numba
 import numpy as np
 import pytest
 
 from fastbp import layers, threads
-from fastbp.kernels import activations, jit
+from fastbp.kernels import activations, jit, parallel
 
-
-@pytest.fixture(autouse=True)
-def restore_default():
-    saved = (numba.get_num_threads(), jit.ADAPT_TO_LOAD)
-    yield
-    numba.set_num_threads(saved[0])
-    jit.ADAPT_TO_LOAD = saved[1]
+BIG = 1 << 30
 
 
 def test_set_and_get():
     threads.set_num_threads(1)
-    assert threads.get_num_threads() == 1 and not jit.ADAPT_TO_LOAD
+    assert threads.get_num_threads() == 1 and parallel.count_fixed()
     threads.set_num_threads(None)
-    assert threads.get_num_threads() == numba.config.NUMBA_NUM_THREADS and jit.ADAPT_TO_LOAD
+    assert threads.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    assert not parallel.count_fixed()
 
 
 @pytest.mark.parametrize("bad", [0, -1, numba.config.NUMBA_NUM_THREADS + 1])
@@ -30,32 +32,139 @@ def test_out_of_range_count_raises(bad):
 
 
 def test_context_manager_restores_even_on_error():
-    before = (threads.get_num_threads(), jit.ADAPT_TO_LOAD)
+    before = (threads.get_num_threads(), parallel.count_fixed())
     with pytest.raises(RuntimeError), threads.threads(1):
-        assert threads.get_num_threads() == 1
+        assert threads.get_num_threads() == 1 and parallel.count_fixed()
         raise RuntimeError("inside")
-    assert (threads.get_num_threads(), jit.ADAPT_TO_LOAD) == before
+    assert (threads.get_num_threads(), parallel.count_fixed()) == before
 
 
-def test_serial_below_threshold_and_forced_threads_at_zero(monkeypatch):
-    assert jit.threads_for(jit.PARALLEL_MIN_ELEMENTS - 1) == 1
-    monkeypatch.setattr(jit, "PARALLEL_MIN_ELEMENTS", 0)
-    assert jit.threads_for(10) == numba.get_num_threads()
+def test_serial_below_threshold_and_forced_threads_at_zero():
+    assert parallel.threads_for(parallel.PARALLEL_MIN_ELEMENTS - 1) == 1
+    with parallel.settings(parallel_min_elements=0):
+        assert parallel.threads_for(10) == numba.get_num_threads()
 
 
 def test_load_check_never_exceeds_the_count(monkeypatch):
-    monkeypatch.setattr(jit, "idle_cores", lambda: 0)
-    assert jit.threads_for(1 << 30) == 1
-    monkeypatch.setattr(jit, "idle_cores", lambda: 64)
-    assert jit.threads_for(1 << 30) == numba.get_num_threads()
-    jit.ADAPT_TO_LOAD = False
-    monkeypatch.setattr(jit, "idle_cores", lambda: 0)
-    assert jit.threads_for(1 << 30) == numba.get_num_threads()
+    monkeypatch.setattr(parallel, "idle_cores", lambda: 0)
+    assert parallel.threads_for(BIG) == 1
+    monkeypatch.setattr(parallel, "idle_cores", lambda: 64)
+    assert parallel.threads_for(BIG) == numba.get_num_threads()
+    monkeypatch.setattr(parallel, "idle_cores", lambda: 0)
+    with parallel.settings(adapt_to_load=False):
+        assert parallel.threads_for(BIG) == numba.get_num_threads()
+    assert parallel.threads_for(BIG) == 1
+
+
+def test_settings_set_and_restore_even_on_error():
+    default = (parallel.PARALLEL_MIN_ELEMENTS, parallel.ADAPT_TO_LOAD)
+    assert default == (1 << 18, True)
+    with pytest.raises(RuntimeError), parallel.settings(parallel_min_elements=5):
+        assert (parallel.PARALLEL_MIN_ELEMENTS, parallel.ADAPT_TO_LOAD) == (5, True)
+        with parallel.settings(adapt_to_load=False):
+            assert (parallel.PARALLEL_MIN_ELEMENTS, parallel.ADAPT_TO_LOAD) == (5, False)
+        assert parallel.ADAPT_TO_LOAD
+        raise RuntimeError("inside")
+    assert (parallel.PARALLEL_MIN_ELEMENTS, parallel.ADAPT_TO_LOAD) == default
+    with pytest.raises(ValueError, match=">= 0"), parallel.settings(parallel_min_elements=-1):
+        pass
+    with pytest.raises(TypeError), parallel.settings(parallel_min_elements=2.5):
+        pass
+    assert (parallel.PARALLEL_MIN_ELEMENTS, parallel.ADAPT_TO_LOAD) == default
+
+
+def test_reset_restores_the_defaults():
+    parallel.PARALLEL_MIN_ELEMENTS, parallel.ADAPT_TO_LOAD = 3, False
+    parallel._reset()
+    assert (parallel.PARALLEL_MIN_ELEMENTS, parallel.ADAPT_TO_LOAD) == (1 << 18, True)
+
+
+def test_old_jit_names_read_through_and_refuse_writes():
+    """``from .jit import kernel, sized`` still works; a write to a moved setting would do
+    nothing, so it raises."""
+    from fastbp.kernels.jit import kernel, sized  # noqa: F401
+
+    assert sized is parallel.sized
+    assert jit.PARALLEL_MIN_ELEMENTS == parallel.PARALLEL_MIN_ELEMENTS
+    with pytest.raises(AttributeError, match="settings"):
+        jit.PARALLEL_MIN_ELEMENTS = 0
+    with pytest.raises(AttributeError, match="parallel"):
+        jit.ADAPT_TO_LOAD = False
+    with pytest.raises(AttributeError):
+        jit.no_such_name  # noqa: B018
+    assert parallel.PARALLEL_MIN_ELEMENTS == 1 << 18
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads")
+def test_a_count_set_in_one_thread_leaves_the_others_alone(monkeypatch):
+    """``threads(n)`` in one Python thread changes neither the count nor the load check that
+    another Python thread gets."""
+    monkeypatch.setattr(parallel, "idle_cores", lambda: 0)  # a busy machine: adaptive gives 1
+    n = numba.config.NUMBA_NUM_THREADS
+    inside, other = threading.Event(), threading.Event()
+    seen = {}
+
+    def elsewhere():
+        inside.wait(timeout=60)
+        seen["count"] = threads.get_num_threads()
+        seen["threads"] = parallel.threads_for(BIG)
+        seen["fixed"] = parallel.count_fixed()
+        other.set()
+
+    worker = threading.Thread(target=elsewhere)
+    worker.start()
+    with threads.threads(n):
+        assert parallel.threads_for(BIG) == n  # set by hand: no load check here
+        inside.set()
+        assert other.wait(timeout=60)
+    worker.join()
+    assert seen == {"count": n, "threads": 1, "fixed": False}
+    with threads.threads(1):
+        done = []
+        t = threading.Thread(target=lambda: done.append(threads.get_num_threads()))
+        t.start()
+        t.join()
+        assert threads.get_num_threads() == 1 and done == [n]
+
+
+def test_thread_pool_starts_once_when_threads_race():
+    """Eight Python threads reach ``_start_thread_pool`` at once: numba's pool is launched once,
+    and ``OMP_WAIT_POLICY`` is set for that launch only."""
+    code = textwrap.dedent("""
+        import os, threading, time
+        from numba.np.ufunc import parallel as numba_parallel
+        from fastbp.kernels import parallel
+        launch, calls, inside, peak = numba_parallel._launch_threads, [], [0], [0]
+        def slow_launch():
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+            calls.append(os.environ.get("OMP_WAIT_POLICY"))
+            time.sleep(0.2)
+            try:
+                launch()
+            finally:
+                inside[0] -= 1
+        numba_parallel._launch_threads = slow_launch
+        barrier = threading.Barrier(8)
+        def start():
+            barrier.wait()
+            parallel._start_thread_pool()
+        ts = [threading.Thread(target=start) for _ in range(8)]
+        [t.start() for t in ts]; [t.join() for t in ts]
+        print(peak[0], calls, "OMP_WAIT_POLICY" in os.environ, parallel._POOL_READY)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1", "['PASSIVE']", "False", "True"], proc.stdout
 
 
 def test_idle_cores_is_a_count_or_none():
-    n = jit.idle_cores()
-    assert n is None or 0 <= n <= (numba.config.NUMBA_NUM_THREADS or 1) + 64
+    n = parallel.idle_cores()
+    assert n is None or 0 <= n <= (os.cpu_count() or 1) - 1
+    credited = parallel.idle_cores(ours=1000)  # never more than the cores beside the caller's
+    assert credited is None or credited == (os.cpu_count() or 1) - 1
 
 
 def _everything(dtype):
@@ -76,45 +185,211 @@ def _everything(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_bit_identical_for_1_2_and_n_threads(dtype, monkeypatch):
-    monkeypatch.setattr(jit, "PARALLEL_MIN_ELEMENTS", 0)  # threaded builds at this size
-    with threads.threads(1):
-        expected = _everything(dtype)
-    for n in sorted({2, numba.config.NUMBA_NUM_THREADS}):
-        if n > numba.config.NUMBA_NUM_THREADS:
-            continue
-        with threads.threads(n):
-            assert _everything(dtype) == expected
+def test_bit_identical_for_1_2_and_n_threads(dtype):
+    with parallel.settings(parallel_min_elements=0):  # threaded builds at this size
+        with threads.threads(1):
+            expected = _everything(dtype)
+        for n in sorted({2, numba.config.NUMBA_NUM_THREADS}):
+            if n > numba.config.NUMBA_NUM_THREADS:
+                continue
+            with threads.threads(n):
+                assert _everything(dtype) == expected
 
 
-def test_small_products_give_the_same_bits_every_call():
-    """The BLAS thread rule is by size only: a product's bits never depend on the load."""
+def test_products_at_a_fixed_blas_count_give_the_same_bits_every_call():
+    """With your BLAS count at 1 (or the load check off), a product's bits never vary."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
     rng = np.random.default_rng(4)
     x = rng.standard_normal((100, 784))
     layer = layers.Affine(rng.standard_normal((784, 50)), np.zeros(50))
-    first = layer.forward(x).tobytes()
-    dx = layer.backward(np.ones((100, 50))).tobytes()
-    for _ in range(20):
-        assert layer.forward(x).tobytes() == first
-        assert layer.backward(np.ones((100, 50))).tobytes() == dx
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        first = layer.forward(x).tobytes()
+        dx = layer.backward(np.ones((100, 50))).tobytes()
+        for _ in range(20):
+            assert layer.forward(x).tobytes() == first
+            assert layer.backward(np.ones((100, 50))).tobytes() == dx
 
 
-def test_product_threads_restores_blas_count():
-    blas = threads._blas_handle()
-    if blas.set is None:
-        pytest.skip("no OpenBLAS found")
-    before = blas.get()
+class FakeBlas:
+    """A BLAS library controller that records what fastbp asks of it."""
+
+    def __init__(self, count):
+        self.count = count
+        self.sets = []
+        self.lock = threading.Lock()
+
+    def get_num_threads(self):
+        return self.count
+
+    def set_num_threads(self, n):
+        with self.lock:
+            self.sets.append(n)
+            self.count = n
+
+
+@pytest.fixture
+def fake_blas(monkeypatch):
+    """Install a fake BLAS with a count of 4 and no spinning workers; return it."""
+    lib = FakeBlas(4)
+    blas = threads._BlasLibrary.__new__(threads._BlasLibrary)
+    blas.lib, blas.clear_control = lib, None
+    blas.spin_seconds, blas.spin_until, blas.spinning = 0.0, 0.0, 0
+    monkeypatch.setattr(threads, "_blas", blas)
+    monkeypatch.setattr(threads, "_blas_changed", False)
+    return lib
+
+
+PRODUCT_FLOPS = threads.PRODUCT_THREADS_MIN_FLOPS
+
+
+@pytest.mark.parametrize(("idle", "inside"), [(0, 1), (1, 2), (2, 3), (3, 4), (64, 4)])
+def test_product_threads_use_the_idle_cores_up_to_your_count(fake_blas, monkeypatch, idle,
+                                                            inside):
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: idle)
+    with threads.ProductThreads(PRODUCT_FLOPS):
+        assert fake_blas.count == inside  # never more than 1 + idle, never more than yours
+    assert fake_blas.count == 4
+    assert fake_blas.sets == ([] if inside == 4 else [inside, 4])  # untouched when it fits
+
+
+def test_product_threads_never_raise_your_count(fake_blas, monkeypatch):
+    fake_blas.count = 1  # e.g. OPENBLAS_NUM_THREADS=1, or threadpoolctl's limit
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 64)
+    with threads.ProductThreads(PRODUCT_FLOPS):
+        assert fake_blas.count == 1
+    fake_blas.count = 3  # a limit changed between products is read at the next one
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 1)
+    with threads.ProductThreads(PRODUCT_FLOPS):
+        assert fake_blas.count == 2
+    assert fake_blas.count == 3
+    assert fake_blas.sets == [2, 3]
+
+
+def test_product_threads_restore_on_error(fake_blas, monkeypatch):
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 0)
+    with pytest.raises(ValueError, match="inside"), threads.ProductThreads(PRODUCT_FLOPS):
+        assert fake_blas.count == 1
+        raise ValueError("inside")
+    assert fake_blas.count == 4 and not threads._blas_changed
+
+
+@pytest.mark.parametrize("case", ["small", "no load check", "no loadavg"])
+def test_product_threads_leave_blas_alone(fake_blas, monkeypatch, case):
+    flops = PRODUCT_FLOPS - 1 if case == "small" else PRODUCT_FLOPS
+    if case == "no load check":
+        monkeypatch.setattr(parallel, "ADAPT_TO_LOAD", False)  # BLAS runs on its own count
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: None if case == "no loadavg" else 0)
+    with threads.ProductThreads(flops):
+        assert fake_blas.count == 4
+    assert fake_blas.sets == []
+
+
+def test_spinning_workers_of_our_last_product_count_as_idle(fake_blas, monkeypatch):
+    asked = []
+
+    def idle_cores(ours=0):
+        asked.append(ours)
+        return 2
+    monkeypatch.setattr(parallel, "idle_cores", idle_cores)
+    threads._blas.spin_seconds = 60.0
+    with threads.ProductThreads(PRODUCT_FLOPS):  # 3 threads: 2 workers spin after it
+        pass
+    with threads.ProductThreads(PRODUCT_FLOPS):
+        pass
+    threads._blas.spin_until = 0.0  # the workers have gone to sleep
+    with threads.ProductThreads(PRODUCT_FLOPS):
+        pass
+    assert asked == [0, 2, 0]
+
+
+def test_product_threads_from_many_python_threads(fake_blas, monkeypatch):
+    """Concurrent blocks never leave the count changed, and never run above anyone's ask."""
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 0)
+    seen, errors = [], []
+
+    def work():
+        try:
+            for _ in range(300):
+                with threads.ProductThreads(PRODUCT_FLOPS):
+                    seen.append(fake_blas.count)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    workers = [threading.Thread(target=work) for _ in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors
+    assert fake_blas.count == 4 and not threads._blas_changed
+    assert set(seen) <= {1, 4} and 1 in seen
+    # Every lowering was undone before the next one: the sets alternate 1, 4, 1, 4, ...
+    assert fake_blas.sets == [1, 4] * (len(fake_blas.sets) // 2)
+
+
+def _real_blas():
+    blas = threads._find_blas()
+    if blas.lib is None:
+        pytest.skip("no BLAS library that threadpoolctl can control")
+    return blas.lib
+
+
+def test_real_blas_count_lowered_inside_and_restored(monkeypatch):
+    lib = _real_blas()
+    before = lib.get_num_threads()
+    if before < 2:
+        pytest.skip("BLAS runs on one thread here")
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 0)
     for _ in range(20):
-        with threads.product_threads(1 << 22):
-            assert blas.get() == 1
-    assert blas.get() == before
-    with threads.product_threads(1 << 30):
-        assert blas.get() == before
+        with threads.ProductThreads(PRODUCT_FLOPS):
+            assert lib.get_num_threads() == 1
+        assert lib.get_num_threads() == before
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 64)
+    with threads.ProductThreads(PRODUCT_FLOPS):
+        assert lib.get_num_threads() == before
+
+
+def test_real_blas_from_python_threads_then_threadpoolctl_still_works(monkeypatch):
+    """Affine from several Python threads at once, with every product lowering the count:
+    results are right, the count is restored, and threadpoolctl keeps control of BLAS."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    lib = _real_blas()
+    before = lib.get_num_threads()
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 0)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((64, 300))
+    W = rng.standard_normal((300, 40))
+    expected = x @ W
+    errors, finished, release = [], threading.Barrier(5), threading.Event()
+
+    def work():
+        try:
+            layer = layers.Affine(W, np.zeros(40))
+            for _ in range(30):
+                np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-12, atol=1e-12)
+                layer.backward(np.ones((64, 40)))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finished.wait()
+        release.wait()  # stay alive: threadpoolctl >= 3.8 lets a live thread keep control
+    workers = [threading.Thread(target=work) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        finished.wait()
+        assert not errors
+        assert lib.get_num_threads() == before
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):
+            assert lib.get_num_threads() == 1
+        assert lib.get_num_threads() == before
+    finally:
+        release.set()
+        for w in workers:
+            w.join()
 
 
 def test_kernel_below_threshold_never_reads_load(monkeypatch):
     def fail():
         raise AssertionError("load read for a small array")
-    monkeypatch.setattr(jit, "idle_cores", fail)
+    monkeypatch.setattr(parallel, "idle_cores", fail)
     x = np.ones(100)
     activations.relu_forward(x, np.empty_like(x), np.empty(100, dtype=bool))

@@ -8,6 +8,22 @@ import numpy as np
 
 from fastbp import validation as v
 
+__all__ = [
+    "CROSS_ENTROPY_GUARD",
+    "cross_entropy_error",
+    "identity_function",
+    "relu",
+    "relu_grad",
+    "sigmoid",
+    "sigmoid_grad",
+    "softmax",
+    "softmax_loss",
+    "step_function",
+    "sum_squared_error",
+]
+"""The book's names, as in :mod:`fastbp.functions`. :func:`log_softmax` and
+:func:`sigmoid_parts` are public helpers of this module, outside ``import *``."""
+
 CROSS_ENTROPY_GUARD = 1e-7
 """Added to the probability before the log in :func:`cross_entropy_error`, as in the book, so that
 a zero probability gives a large finite loss (``-log(1e-7) = 16.118``) instead of inf."""

@@ -11,6 +11,10 @@ import numpy as np
 
 from fastbp import validation as v
 from fastbp.reference.functions import log_softmax, sigmoid_parts
+from fastbp.reference.util import col2im, im2col
+
+__all__ = ["AddLayer", "Affine", "BatchNormalization", "Convolution", "Dropout", "MulLayer",
+           "Pooling", "Relu", "Sigmoid", "SoftmaxWithLoss"]
 
 
 class MulLayer:
@@ -73,6 +77,7 @@ class Sigmoid:
 
     def __init__(self):
         self.out = None
+        self._tail = None  # sigmoid(-|x|), for backward
 
     def forward(self, x):
         s, self._tail, out_dtype = sigmoid_parts(x)
@@ -82,8 +87,9 @@ class Sigmoid:
     def backward(self, dout):
         v.require_forward(self.out, "Sigmoid")
         dout = v.gradient_for(dout, self.out.shape, "Sigmoid")
-        (d, t), out_dtype = v.float_inputs(("dout", "out"), dout, self._tail)
-        return v.as_result(d * t * (1 - t), out_dtype)
+        # float16 runs in float32: the result takes the dtype of dout * out, not of the tail
+        (d, t), _ = v.float_inputs(("dout", "out"), dout, self._tail)
+        return v.as_result(d * t * (1 - t), v.result_dtype(dout, self.out.dtype))
 
 
 class Affine:
@@ -98,23 +104,22 @@ class Affine:
         self.b = b
         self.x = None
         self.original_x_shape = None
+        self._x_dtype = None
         self.dW = None
         self.db = None
 
     def forward(self, x):
-        x = v._as_array(x, "x")
-        W = v._as_array(self.W, "W")
-        x2 = v.affine_shapes(x, W, self.b)
-        (xc, Wc, bc), out_dtype = v.float_inputs(("x", "W", "b"), x2, W, self.b)
+        x, self.x, W, b, out_dtype = v.affine_inputs(x, self.W, self.b)
         self.original_x_shape = x.shape
-        self.x = xc
-        return v.as_result(np.dot(xc, Wc) + bc, out_dtype)
+        self._x_dtype = x.dtype  # self.x may be float32 for float16 x: backward casts back to this
+        return v.as_result(np.dot(self.x, W) + b, out_dtype)
 
     def backward(self, dout):
         v.require_forward(self.x, "Affine")
         W = v._as_array(self.W, "W")
         dout = v.gradient_for(dout, (self.x.shape[0], W.shape[1]), "Affine")
-        (d, Wc, xc), out_dtype = v.float_inputs(("dout", "W", "x"), dout, W, self.x)
+        out_dtype = v.result_dtype(dout, W, self._x_dtype)
+        (d, Wc, xc), _ = v.float_inputs(("dout", "W", "x"), dout, W, self.x)
         dx = np.dot(d, Wc.T)
         self.dW = v.as_result(np.dot(xc.T, d), out_dtype)
         self.db = v.as_result(np.sum(d, axis=0), out_dtype)
@@ -133,6 +138,10 @@ class SoftmaxWithLoss:
         self.loss = None
         self.y = None
         self.t = None
+        # for backward: the targets' form and converted values, the float64-or-float32 softmax
+        # and log-softmax as (N, C), the input's shape and the result dtype
+        self._kind = self._target = self._y = self._logp = None
+        self._x_shape = self._out_dtype = None
 
     def forward(self, x, t):
         xc, out_dtype = v.logits(x)
@@ -179,6 +188,116 @@ class SoftmaxWithLoss:
                 rest_t = np.sum(t, axis=1, where=others)
                 dx[rows, top] = rest_t + np.expm1(logp[rows, top]) * total
         return v.as_result(dx * scale, self._out_dtype).reshape(self._x_shape)
+
+
+class Convolution:
+    """2-d convolution (cross-correlation, as in the book) of (N, C, H, W) input with
+    (FN, C, FH, FW) filters, by ``im2col`` and one matrix product.
+
+    ``W`` and ``b`` are kept by reference and read on every call. ``b`` holds one bias per filter,
+    shape (FN,), or is a scalar. The output is (N, FN, OH, OW) with
+    ``OH = (H + 2 * pad - FH) // stride + 1`` (likewise OW); rows that no window reaches when the
+    division is not exact are left out, as in the book. ``backward`` sets ``dW`` (W's shape) and
+    ``db`` (FN,) and returns ``dx``, or ``None`` when ``need_dx`` is False (a fastbp extension,
+    for a network's first layer). ``col`` and ``col_W`` are the book's intermediates.
+    """
+
+    def __init__(self, W, b, stride=1, pad=0):
+        self.W = W
+        self.b = b
+        self.stride = stride
+        self.pad = pad
+        self.x = None
+        self.col = None
+        self.col_W = None
+        self.dW = None
+        self.db = None
+        self.need_dx = True
+
+    def forward(self, x):
+        x = v._as_array(x, "x")
+        W = v._as_array(self.W, "W")
+        stride, pad, oh, ow = v.conv_geometry(x, W, self.b, self.stride, self.pad)
+        (xc, Wc, bc), out_dtype = v.float_inputs(("x", "W", "b"), x, W, self.b)
+        n = x.shape[0]
+        fn, _, fh, fw = W.shape
+        self.col = im2col(xc, fh, fw, stride, pad)
+        self.col_W = Wc.reshape(fn, -1).T
+        out = np.dot(self.col, self.col_W) + v.bias_vector(bc, fn)
+        self.x, self._geometry, self._out_dtype = xc, (W.shape, stride, pad, oh, ow), out_dtype
+        return v.as_result(out.reshape(n, oh, ow, fn).transpose(0, 3, 1, 2), out_dtype)
+
+    def backward(self, dout):
+        v.require_forward(self.x, "Convolution")
+        w_shape, stride, pad, oh, ow = self._geometry
+        W = v.filters_for_backward(self.W, w_shape)
+        fn, c, fh, fw = w_shape
+        dout = v.gradient_for(dout, (self.x.shape[0], fn, oh, ow), "Convolution")
+        out_dtype, work = v.backward_dtypes(self._out_dtype, dout, W)
+        d = np.asarray(dout, dtype=work).transpose(0, 2, 3, 1).reshape(-1, fn)
+        col = self.col.astype(work, copy=False)
+        self.db = v.as_result(np.sum(d, axis=0), out_dtype)
+        self.dW = v.as_result(np.dot(col.T, d).T.reshape(fn, c, fh, fw), out_dtype)
+        if not self.need_dx:
+            return None
+        dcol = np.dot(d, np.asarray(W, dtype=work).reshape(fn, -1))
+        dx = col2im(dcol, self.x.shape, fh, fw, stride, pad)
+        return v.as_result(dx, out_dtype)
+
+
+class Pooling:
+    """Max pooling over ``pool_h`` x ``pool_w`` windows of (N, C, H, W) input, moved by ``stride``.
+
+    Each output is the largest element of its window; among equal largest elements the first in
+    row-major window order wins, and a NaN wins over any number (the first NaN, as in PyTorch).
+    ``pad`` rows and columns are added around the input but never win: the output has
+    ``OH = (H + 2 * pad - pool_h) // stride + 1`` rows, padding counted (PyTorch's rule; the book
+    leaves pad out of the output size and pads with zeros). ``pad`` may be at most half the pool
+    size. Where windows overlap (``stride`` smaller than the pool), their gradients add up.
+    ``arg_max`` is the book's: the winning offset in each window, for rows in (n, oh, ow, c)
+    order.
+    """
+
+    def __init__(self, pool_h, pool_w, stride=1, pad=0):
+        self.pool_h = pool_h
+        self.pool_w = pool_w
+        self.stride = stride
+        self.pad = pad
+        self.x = None
+        self.arg_max = None
+
+    def forward(self, x):
+        x = v._as_array(x, "x")
+        ph, pw, stride, pad, oh, ow = v.pool_geometry(x, self.pool_h, self.pool_w, self.stride,
+                                                      self.pad)
+        xc, out_dtype = v.float_input(x)
+        n, c, h, w = xc.shape
+        windows = im2col(xc, ph, pw, stride, pad, fill=-np.inf).reshape(-1, ph * pw)
+        arg_max = np.argmax(windows, axis=1)  # the first maximum; the first NaN where there is one
+        if pad:
+            # A -inf input ties with the -inf padding; the padding must not win the tie.
+            inside = im2col(np.ones((1, 1, h, w), dtype=bool), ph, pw, stride, pad)
+            inside = np.tile(np.repeat(inside, c, axis=0), (n, 1))
+            rows = np.arange(arg_max.size)
+            on_padding = ~inside[rows, arg_max]
+            arg_max[on_padding] = np.argmax(inside[on_padding], axis=1)
+        out = windows[np.arange(arg_max.size), arg_max]
+        self.x, self.arg_max = xc, arg_max
+        self._geometry, self._out_dtype = (ph, pw, stride, pad, oh, ow), out_dtype
+        return v.as_result(out.reshape(n, oh, ow, c).transpose(0, 3, 1, 2), out_dtype)
+
+    def backward(self, dout):
+        v.require_forward(self.x, "Pooling")
+        ph, pw, stride, pad, oh, ow = self._geometry
+        n, c = self.x.shape[:2]
+        dout = v.gradient_for(dout, (n, c, oh, ow), "Pooling")
+        out_dtype, work = v.backward_dtypes(self._out_dtype, dout)
+        d = np.asarray(dout, dtype=work).transpose(0, 2, 3, 1).reshape(-1)
+        dwindows = np.zeros((d.size, ph * pw), dtype=work)
+        dwindows[np.arange(d.size), self.arg_max] = d
+        dwindows = dwindows.reshape(n * oh * ow, c * ph * pw)
+        dx = col2im(dwindows, self.x.shape, ph, pw, stride, pad)
+        return v.as_result(dx, out_dtype)
 
 
 BATCHNORM_EPS = 10e-7

@@ -3,27 +3,27 @@
 import numpy as np
 import pytest
 
-from fastbp import layers, reference
-from fastbp.testing import assert_finite_differences, finite_difference_check
-from fastbp.verify import layer_cases
+from fastbp import layers
+from fastbp.backends import BACKENDS, layer_module
+from fastbp.testing import assert_finite_differences, finite_difference_check, layer_cases
 
-BACKENDS = {"kernel": layers, "reference": reference.layers}
+LAYERS = {backend: layer_module(backend) for backend in BACKENDS}
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", [c.name for c in layer_cases()])
 def test_finite_differences(name, backend):
     case = next(c for c in layer_cases(seed=3) if c.name == name)
-    module = BACKENDS[backend]
+    module = LAYERS[backend]
     checks = assert_finite_differences(
         lambda: case.make(module, lambda a: np.array(a, dtype=np.float64)),
         case.inputs, params=case.params)
     assert len(checks) == 1 + len(case.params)
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_mul_and_add_layers(backend):
-    module = BACKENDS[backend]
+    module = LAYERS[backend]
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
     for make in (module.MulLayer, module.AddLayer):
