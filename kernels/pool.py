@@ -46,10 +46,10 @@ def _max_plane(x, ph, pw, stride, pad, out, arg):
 @kernel
 def _max_plane_2x2(x, stride, out, arg):
     """:func:`_max_plane` for 2x2 windows without padding (the book's pooling), with no loop over
-    the window. Without NaN (the common case) the winner is chosen by selects, not branches (the
-    comparisons of random data would mispredict): the larger of each row's pair (the first on a
-    tie), then the larger of the two (the upper on a tie): the first maximum in row-major order.
-    A window with a NaN takes :func:`_max_plane`'s steps."""
+    the window. A row of windows is first done by selects, not branches (the comparisons of
+    random data would mispredict): the larger of each row's pair (the first on a tie), then the
+    larger of the two (the upper on a tie): the first maximum in row-major order. A row that
+    holds a NaN is then done again by :func:`_max_plane`'s steps."""
     w = x.shape[1]
     oh, ow = out.shape
     for y in range(oh):
@@ -59,36 +59,35 @@ def _max_plane_2x2(x, stride, out, arg):
         out_row = out[y]
         arg_row = arg[y]
         base = top * w
+        nan = False
         for o in range(ow):
             left = o * stride
             a = upper[left]
             b = upper[left + 1]
             c = lower[left]
             d = lower[left + 1]
-            if (a != a) | (b != b) | (c != c) | (d != d):
-                best = a
+            nan |= (a != a) | (b != b) | (c != c) | (d != d)
+            first = b > a
+            m1 = b if first else a
+            at1 = 1 if first else 0
+            second = d > c
+            m2 = d if second else c
+            at2 = w + 1 if second else w
+            last = m2 > m1
+            out_row[o] = m2 if last else m1
+            arg_row[o] = base + left + (at2 if last else at1)
+        if nan:
+            for o in range(ow):
+                left = o * stride
+                best = upper[left]
                 at = 0
-                if b > best or (b != b and best == best):
-                    best = b
-                    at = 1
-                if c > best or (c != c and best == best):
-                    best = c
-                    at = w
-                if d > best or (d != d and best == best):
-                    best = d
-                    at = w + 1
-            else:
-                first = b > a
-                m1 = b if first else a
-                at1 = 1 if first else 0
-                second = d > c
-                m2 = d if second else c
-                at2 = w + 1 if second else w
-                last = m2 > m1
-                best = m2 if last else m1
-                at = at2 if last else at1
-            out_row[o] = best
-            arg_row[o] = base + left + at
+                for step in range(1, 4):
+                    v = upper[left + 1] if step == 1 else lower[left + step - 2]
+                    if v > best or (v != v and best == best):
+                        best = v
+                        at = 1 if step == 1 else w + step - 2
+                out_row[o] = best
+                arg_row[o] = base + left + at
 
 
 @sized
