@@ -9,6 +9,7 @@ first maximum in row-major order wins, and the first NaN wins over any number (a
 Both kernels are parallel over planes: a thread owns whole planes of its output, so the
 accumulation of overlapping windows in ``backward`` never races, and it adds each element's
 terms in the reference's order (windows from the last to the first), at any thread count.
+Where windows do not overlap, an element gets at most one term, and they are visited forward.
 """
 
 from numba import prange
