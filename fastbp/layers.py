@@ -459,8 +459,9 @@ class Pooling:
         out_dtype, work = v.backward_dtypes(self._out_dtype, dout)
         d = np.asarray(dout, dtype=work, order="C")
         dx = np.empty(self.x.shape, dtype=work)
+        ph, pw, stride = self._geometry[:3]
         pool.max_pool_backward(d.reshape(n * c, oh, ow), self._arg.reshape(n * c, oh, ow),
-                               dx.reshape(n * c, h, w))
+                               stride >= ph and stride >= pw, dx.reshape(n * c, h, w))
         return v.as_result(dx, out_dtype)
 
 

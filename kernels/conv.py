@@ -140,8 +140,15 @@ def _unfold_image(x, fh, fw, stride, pad, oh, ow, col):
                     src = x[c, yy]
                     for o in range(lo):
                         row[o] = zero
-                    for o in range(lo, hi):
-                        row[o] = src[o * stride + off]
+                    if stride == 1:
+                        # slices indexed from 0: no negative-index check, so LLVM vectorises
+                        part = row[lo:hi]
+                        run = src[lo + off:hi + off]
+                        for t in range(part.size):
+                            part[t] = run[t]
+                    else:
+                        for o in range(lo, hi):
+                            row[o] = src[o * stride + off]
                     for o in range(hi, ow):
                         row[o] = zero
 
@@ -182,8 +189,14 @@ def _fold_image(col, fh, fw, stride, pad, oh, ow, dx):
                         continue
                     dst = plane[yy]
                     row = src[y * ow:(y + 1) * ow]
-                    for o in range(lo, hi):
-                        dst[o * stride + off] += row[o]
+                    if stride == 1:  # as in _unfold_image: slices indexed from 0
+                        part = dst[lo + off:hi + off]
+                        run = row[lo:hi]
+                        for t in range(run.size):
+                            part[t] += run[t]
+                    else:
+                        for o in range(lo, hi):
+                            dst[o * stride + off] += row[o]
 
 
 @sized
