@@ -11,10 +11,11 @@ import numpy as np
 
 from fastbp import validation as v
 from fastbp.kernels import activations, affine, softmax
-from fastbp.reference.layers import AddLayer, MulLayer
+from fastbp.reference.layers import AddLayer, Convolution, MulLayer, Pooling
 from fastbp.threads import product_threads
 
-__all__ = ["AddLayer", "Affine", "MulLayer", "Relu", "Sigmoid", "SoftmaxWithLoss"]
+__all__ = ["AddLayer", "Affine", "Convolution", "MulLayer", "Pooling", "Relu", "Sigmoid",
+           "SoftmaxWithLoss"]
 
 
 class Relu:

@@ -236,3 +236,125 @@ def loss_gradient_scale(dout):
     if arr.size != 1:
         raise ValueError(f"SoftmaxWithLoss.backward: dout must be a scalar; got shape {arr.shape}")
     return float(arr.reshape(()))
+
+
+# --- convolution and pooling ---------------------------------------------------------------
+
+
+def _integer(value, name, layer, minimum):
+    """``value`` as a Python int of at least ``minimum``; ``TypeError`` for non-integers."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{layer}: {name} must be an integer; got {value!r}")
+    value = int(value)
+    if value < minimum:
+        bound = "positive" if minimum == 1 else f"at least {minimum}"
+        raise ValueError(f"{layer}: {name} must be {bound}; got {value}")
+    return value
+
+
+def backward_dtypes(forward_dtype, *operands):
+    """``(out_dtype, compute_dtype)`` of a backward pass whose forward returned ``forward_dtype``,
+    given its new operands (``dout``, and parameters read again): NumPy's promotion of all."""
+    out_dtype = np.promote_types(forward_dtype, result_dtype(*operands))
+    return out_dtype, compute_dtype(out_dtype)
+
+
+def window_settings(stride, pad, layer):
+    """Check a layer's ``stride`` (an integer >= 1) and ``pad`` (an integer >= 0)."""
+    return _integer(stride, "stride", layer, 1), _integer(pad, "pad", layer, 0)
+
+
+def window_output_size(size, window, stride, pad):
+    """Output positions of a ``window`` sliding by ``stride`` over ``size + 2 * pad``: the floor
+    of ``(size + 2 * pad - window) / stride`` plus 1, as the book's ``im2col`` computes it."""
+    return (size + 2 * pad - window) // stride + 1
+
+
+def _input_4d(x, layer, what="x"):
+    if x.ndim != 4:
+        raise ValueError(f"{layer}: {what} must be 4-d (N, C, H, W); got shape {x.shape}")
+
+
+def _window_fits(x_shape, fh, fw, stride, pad, layer, what="filter"):
+    h, w = x_shape[2:]
+    if fh > h + 2 * pad or fw > w + 2 * pad:
+        raise ValueError(
+            f"{layer}: the {what} of {fh}x{fw} is larger than the padded input of "
+            f"{h + 2 * pad}x{w + 2 * pad} (input {h}x{w}, pad {pad})"
+        )
+    return (window_output_size(h, fh, stride, pad), window_output_size(w, fw, stride, pad))
+
+
+def window_geometry(x_shape, filter_h, filter_w, stride, pad, layer="im2col"):
+    """Check the arguments of ``im2col``/``col2im``; return the output size ``(OH, OW)``."""
+    if len(x_shape) != 4:
+        raise ValueError(f"{layer}: the input must be 4-d (N, C, H, W); got shape "
+                         f"{tuple(x_shape)}")
+    fh = _integer(filter_h, "filter_h", layer, 1)
+    fw = _integer(filter_w, "filter_w", layer, 1)
+    stride, pad = window_settings(stride, pad, layer)
+    for s in x_shape:
+        _integer(s, "each input size", layer, 0)
+    return (fh, fw, stride, pad, *_window_fits(x_shape, fh, fw, stride, pad, layer))
+
+
+def conv_geometry(x, W, b, stride, pad):
+    """Check Convolution's operands.
+
+    ``x`` is (N, C, H, W) and ``W`` is (FN, C, FH, FW), with the same C. ``b`` is a scalar (added
+    to every filter, as the book's ``ch07/apply_filter.py`` passes 0) or holds one value per
+    filter, shape (FN,) (or (1, FN)). The filter must fit the padded input. Where
+    ``H + 2 * pad - FH`` is not a multiple of ``stride``, the last rows (columns) that no window
+    reaches are left out, as the book's ``Convolution`` and ``im2col`` do (their gradient is 0).
+
+    Returns
+    -------
+    stride, pad, OH, OW : int
+    """
+    layer = "Convolution"
+    stride, pad = window_settings(stride, pad, layer)
+    if W.ndim != 4:
+        raise ValueError(f"{layer}: W must be 4-d (FN, C, FH, FW); got shape {W.shape}")
+    _input_4d(x, f"{layer}.forward")
+    if x.shape[1] != W.shape[1]:
+        raise ValueError(
+            f"{layer}.forward: x of shape {x.shape} has {x.shape[1]} channels but W of shape "
+            f"{W.shape} expects {W.shape[1]}"
+        )
+    fn = W.shape[0]
+    b_shape = np.shape(b)
+    fits = b_shape == () or (all(s == 1 for s in b_shape[:-1]) and b_shape[-1] in (1, fn))
+    if not fits:
+        raise ValueError(
+            f"{layer}: b of shape {b_shape} does not fit {fn} filters: b needs shape ({fn},), "
+            f"one bias per filter (or a scalar)"
+        )
+    oh, ow = _window_fits(x.shape, W.shape[2], W.shape[3], stride, pad, f"{layer}.forward")
+    return stride, pad, oh, ow
+
+
+def pool_geometry(x, pool_h, pool_w, stride, pad):
+    """Check Pooling's input and settings.
+
+    ``pool_h``, ``pool_w`` and ``stride`` are integers >= 1, ``pad`` an integer of at most half
+    of each pool size (so that every window holds at least one input element: padding never
+    wins a maximum), and the window must fit the padded input.
+
+    Returns
+    -------
+    pool_h, pool_w, stride, pad, OH, OW : int
+    """
+    layer = "Pooling"
+    ph = _integer(pool_h, "pool_h", layer, 1)
+    pw = _integer(pool_w, "pool_w", layer, 1)
+    stride, pad = window_settings(stride, pad, layer)
+    if 2 * pad > min(ph, pw):
+        raise ValueError(
+            f"{layer}: pad {pad} is more than half of the pool size {ph}x{pw}: a window could "
+            f"hold nothing but padding"
+        )
+    _input_4d(x, f"{layer}.forward")
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"{layer}.forward: x of shape {x.shape} has no pixels to pool")
+    oh, ow = _window_fits(x.shape, ph, pw, stride, pad, f"{layer}.forward", "pool window")
+    return ph, pw, stride, pad, oh, ow

@@ -11,6 +11,7 @@ import numpy as np
 
 from fastbp import validation as v
 from fastbp.reference.functions import log_softmax, sigmoid_parts
+from fastbp.reference.util import col2im, im2col
 
 
 class MulLayer:
@@ -179,3 +180,118 @@ class SoftmaxWithLoss:
                 rest_t = np.sum(t, axis=1, where=others)
                 dx[rows, top] = rest_t + np.expm1(logp[rows, top]) * total
         return v.as_result(dx * scale, self._out_dtype).reshape(self._x_shape)
+
+
+class Convolution:
+    """2-d convolution (cross-correlation, as in the book) of (N, C, H, W) input with
+    (FN, C, FH, FW) filters, by ``im2col`` and one matrix product.
+
+    ``W`` and ``b`` are kept by reference and read on every call. ``b`` holds one bias per filter,
+    shape (FN,), or is a scalar. The output is (N, FN, OH, OW) with
+    ``OH = (H + 2 * pad - FH) // stride + 1`` (likewise OW); rows that no window reaches when the
+    division is not exact are left out, as in the book. ``backward`` sets ``dW`` (W's shape) and
+    ``db`` (FN,) and returns ``dx``. ``col`` and ``col_W`` are the book's intermediates.
+    """
+
+    def __init__(self, W, b, stride=1, pad=0):
+        self.W = W
+        self.b = b
+        self.stride = stride
+        self.pad = pad
+        self.x = None
+        self.col = None
+        self.col_W = None
+        self.dW = None
+        self.db = None
+
+    def forward(self, x):
+        x = v._as_array(x, "x")
+        W = v._as_array(self.W, "W")
+        stride, pad, oh, ow = v.conv_geometry(x, W, self.b, self.stride, self.pad)
+        (xc, Wc, bc), out_dtype = v.float_inputs(("x", "W", "b"), x, W, self.b)
+        n = x.shape[0]
+        fn, _, fh, fw = W.shape
+        self.col = im2col(xc, fh, fw, stride, pad)
+        self.col_W = Wc.reshape(fn, -1).T
+        out = np.dot(self.col, self.col_W) + bc.reshape(-1)
+        self.x, self._geometry, self._out_dtype = xc, (W.shape, stride, pad, oh, ow), out_dtype
+        return v.as_result(out.reshape(n, oh, ow, fn).transpose(0, 3, 1, 2), out_dtype)
+
+    def backward(self, dout):
+        v.require_forward(self.x, "Convolution")
+        w_shape, stride, pad, oh, ow = self._geometry
+        W = _same_filters(self.W, w_shape)
+        fn, c, fh, fw = w_shape
+        dout = v.gradient_for(dout, (self.x.shape[0], fn, oh, ow), "Convolution")
+        out_dtype, work = v.backward_dtypes(self._out_dtype, dout, W)
+        d = np.asarray(dout, dtype=work).transpose(0, 2, 3, 1).reshape(-1, fn)
+        col = self.col.astype(work, copy=False)
+        self.db = v.as_result(np.sum(d, axis=0), out_dtype)
+        self.dW = v.as_result(np.dot(col.T, d).T.reshape(fn, c, fh, fw), out_dtype)
+        dcol = np.dot(d, np.asarray(W, dtype=work).reshape(fn, -1))
+        dx = col2im(dcol, self.x.shape, fh, fw, stride, pad)
+        return v.as_result(dx, out_dtype)
+
+
+def _same_filters(W, w_shape):
+    """``W`` as read by ``backward``: it must still have the shape ``forward`` saw."""
+    W = v._as_array(W, "W")
+    if W.shape != w_shape:
+        raise ValueError(
+            f"Convolution.backward: W has shape {W.shape}, but forward ran with {w_shape}"
+        )
+    return W
+
+
+class Pooling:
+    """Max pooling over ``pool_h`` x ``pool_w`` windows of (N, C, H, W) input, moved by ``stride``.
+
+    Each output is the largest element of its window; among equal largest elements the first in
+    row-major window order wins, and a NaN wins over any number (the first NaN, as in PyTorch).
+    ``pad`` rows and columns are added around the input but never win: the output has
+    ``OH = (H + 2 * pad - pool_h) // stride + 1`` rows, padding counted (PyTorch's rule; the book
+    leaves pad out of the output size and pads with zeros). ``pad`` may be at most half the pool
+    size. Where windows overlap (``stride`` smaller than the pool), their gradients add up.
+    ``arg_max`` is the book's: the winning offset in each window, for rows in (n, oh, ow, c)
+    order.
+    """
+
+    def __init__(self, pool_h, pool_w, stride=1, pad=0):
+        self.pool_h = pool_h
+        self.pool_w = pool_w
+        self.stride = stride
+        self.pad = pad
+        self.x = None
+        self.arg_max = None
+
+    def forward(self, x):
+        x = v._as_array(x, "x")
+        ph, pw, stride, pad, oh, ow = v.pool_geometry(x, self.pool_h, self.pool_w, self.stride,
+                                                      self.pad)
+        xc, out_dtype = v.float_input(x)
+        n, c, h, w = xc.shape
+        windows = im2col(xc, ph, pw, stride, pad, fill=-np.inf).reshape(-1, ph * pw)
+        arg_max = np.argmax(windows, axis=1)  # the first maximum; the first NaN where there is one
+        if pad:
+            # A -inf input ties with the -inf padding; the padding must not win the tie.
+            inside = im2col(np.ones((1, 1, h, w), dtype=bool), ph, pw, stride, pad)
+            inside = np.tile(np.repeat(inside, c, axis=0), (n, 1))
+            rows = np.arange(arg_max.size)
+            on_padding = ~inside[rows, arg_max]
+            arg_max[on_padding] = np.argmax(inside[on_padding], axis=1)
+        out = windows[np.arange(arg_max.size), arg_max]
+        self.x, self.arg_max = xc, arg_max
+        self._geometry, self._out_dtype = (ph, pw, stride, pad, oh, ow), out_dtype
+        return v.as_result(out.reshape(n, oh, ow, c).transpose(0, 3, 1, 2), out_dtype)
+
+    def backward(self, dout):
+        v.require_forward(self.x, "Pooling")
+        ph, pw, stride, pad, oh, ow = self._geometry
+        n, c = self.x.shape[:2]
+        dout = v.gradient_for(dout, (n, c, oh, ow), "Pooling")
+        out_dtype, work = v.backward_dtypes(self._out_dtype, dout)
+        d = np.asarray(dout, dtype=work).transpose(0, 2, 3, 1).reshape(-1)
+        dwindows = np.zeros((d.size, ph * pw), dtype=work)
+        dwindows[np.arange(d.size), self.arg_max] = d
+        dx = col2im(dwindows.reshape(n * oh * ow, -1), self.x.shape, ph, pw, stride, pad)
+        return v.as_result(dx, out_dtype)
