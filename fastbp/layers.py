@@ -10,12 +10,30 @@ attribute names. :mod:`fastbp.reference.layers` holds the same classes in plain 
 import numpy as np
 
 from fastbp import validation as v
-from fastbp.kernels import activations, affine, softmax
-from fastbp.reference.layers import AddLayer, Convolution, MulLayer, Pooling
+from fastbp.kernels import activations, affine, batchnorm, dropout, softmax
+from fastbp.reference.layers import (
+    BATCHNORM_EPS,
+    AddLayer,
+    Convolution,
+    MulLayer,
+    Pooling,
+    dropout_uniforms,
+    running_statistics,
+)
 from fastbp.threads import product_threads
 
-__all__ = ["AddLayer", "Affine", "Convolution", "MulLayer", "Pooling", "Relu", "Sigmoid",
-           "SoftmaxWithLoss"]
+__all__ = [
+    "AddLayer",
+    "Affine",
+    "BatchNormalization",
+    "Convolution",
+    "Dropout",
+    "MulLayer",
+    "Pooling",
+    "Relu",
+    "Sigmoid",
+    "SoftmaxWithLoss",
+]
 
 
 class Relu:
@@ -183,3 +201,193 @@ class SoftmaxWithLoss:
         else:
             softmax.softmax_cross_entropy_probs_backward(y, self._target, scale, dx)
         return v.as_result(dx, self._out_dtype).reshape(self._x_shape)
+
+
+class Dropout:
+    """Dropout as in the book: ``x * mask`` in training, ``x * (1 - dropout_ratio)`` in test mode.
+
+    ``mask = u > dropout_ratio`` with ``u = np.random.rand(*x.shape)`` from NumPy's global state
+    (the book's draw: ``np.random.seed`` gives the book's masks, on both backends), or
+    ``rng.random(x.shape)`` when ``rng`` (a ``numpy.random.Generator`` or a seed for one) is
+    given. Kept elements are not rescaled. The compare and the multiply run in one kernel pass.
+    ``backward`` is the derivative of the latest ``forward``: ``dout * mask`` after a training
+    pass, ``dout * (1 - dropout_ratio)`` after a test pass (the book reuses the last training
+    mask there).
+    """
+
+    def __init__(self, dropout_ratio=0.5, *, rng=None):
+        v.dropout_ratio(dropout_ratio)
+        self.dropout_ratio = dropout_ratio
+        self.rng = v.random_source(rng)
+        self.mask = None
+        self._saved = None
+
+    def forward(self, x, train_flg=True):
+        ratio = v.dropout_ratio(self.dropout_ratio)
+        xc, out_dtype = v.float_input(x, contiguous=True)
+        out = np.empty_like(xc)
+        if train_flg:
+            u = dropout_uniforms(self.rng, xc.shape)
+            mask = np.empty(xc.shape, dtype=bool)
+            dropout.dropout_forward(xc.reshape(-1), u.reshape(-1), ratio, mask.reshape(-1),
+                                    out.reshape(-1))
+            self.mask = mask
+            self._saved = (xc.shape, mask)
+        else:
+            factor = 1.0 - ratio
+            dropout.dropout_scale(xc.reshape(-1), xc.dtype.type(factor), out.reshape(-1))
+            self._saved = (xc.shape, factor)
+        return v.as_result(out, out_dtype)
+
+    def backward(self, dout):
+        v.require_forward(self._saved, "Dropout")
+        shape, factor = self._saved
+        dout = v.gradient_for(dout, shape, "Dropout")
+        d, out_dtype = v.float_input(dout, "dout", contiguous=True)
+        dx = np.empty_like(d)
+        if isinstance(factor, float):
+            dropout.dropout_scale(d.reshape(-1), d.dtype.type(factor), dx.reshape(-1))
+        else:
+            dropout.dropout_backward(d.reshape(-1), factor.reshape(-1), dx.reshape(-1))
+        return v.as_result(dx, out_dtype)
+
+
+def _feature_row(a, d):
+    """``gamma`` or ``beta`` (checked to broadcast to (1, d)) as a C-contiguous (d,) row."""
+    if a.shape == (d,) and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(np.broadcast_to(a, (1, d))[0])
+
+
+class BatchNormalization:
+    """Batch normalisation, as the book's ``common/layers.py`` computes it, in two fused kernels.
+
+    Each feature of ``x.reshape(N, -1)`` (4-d input too: per feature, not per channel) is
+    normalised by the batch mean and biased variance in train mode, ``xn = (x - mean) /
+    sqrt(var + 10e-7)``, then ``out = gamma * xn + beta``. The running statistics follow
+    ``momentum * running + (1 - momentum) * batch``; test mode (``train_flg=False``) normalises
+    by them instead. Before any training pass they are the book's zeros.
+
+    Parameters
+    ----------
+    gamma, beta : ndarray
+        Scale and shift, shape (D,); kept by reference and read on every call.
+    momentum : float
+    running_mean, running_var : ndarray, optional
+        Shape (D,). Missing ones start as zeros (in the compute dtype) at the first forward.
+
+    Notes
+    -----
+    * Sums and statistics are computed in float64, also for float32 data, in a fixed order
+      (:mod:`fastbp.kernels.batchnorm`): results are the same at every thread count.
+    * ``xc`` and ``xn`` (the book's attributes, from the latest training pass) are computed
+      when first read, from the input, which the layer keeps by reference as ``Affine`` keeps
+      ``x``. The kernels never store them: ``backward`` recomputes ``xn`` on the fly.
+    * The running statistics are updated in place, in arrays the layer owns: a running array
+      given to the constructor is copied at the first training pass, never written.
+    * A batch of one row in train mode has variance 0: ``xn`` is 0 and the output is ``beta``,
+      with no warning.
+    * An empty batch (N = 0) gives an output of shape (0, ...), NaN batch statistics and leaves
+      the running statistics unchanged; ``dgamma`` and ``dbeta`` are 0.
+    * NaN or inf in a feature makes that feature's outputs NaN; other features are unaffected.
+    * ``backward`` is the derivative of the latest ``forward``. After a test pass that is the
+      derivative of the fixed affine map, ``dx = dout * gamma / sqrt(running_var + 10e-7)``.
+    """
+
+    def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None):
+        self.gamma = gamma
+        self.beta = beta
+        self.momentum = momentum
+        self.input_shape = None
+        self.running_mean = running_mean
+        self.running_var = running_var
+        self.batch_size = None
+        self.std = None
+        self.dgamma = None
+        self.dbeta = None
+        self._xc = None
+        self._xn = None
+        self._owned = {}
+        self._saved = None
+        self._train_saved = None
+
+    def forward(self, x, train_flg=True):
+        x = v._as_array(x, "x")
+        x2 = v.batchnorm_input(x)
+        n, d = x2.shape
+        v.feature_parameter(self.gamma, "gamma", x.shape, d)
+        v.feature_parameter(self.beta, "beta", x.shape, d)
+        (xc, gamma, beta), out_dtype = v.float_inputs(("x", "gamma", "beta"), x2, self.gamma,
+                                                      self.beta, contiguous=True)
+        gamma, beta = _feature_row(gamma, d), _feature_row(beta, d)
+        running_mean, running_var = running_statistics(self, d, xc.dtype, x.shape, train_flg)
+        block = batchnorm.column_block(n, xc.itemsize, d)
+        out = np.empty_like(xc)
+        self.input_shape = x.shape
+        if train_flg:
+            mean, inv_std = np.empty(d), np.empty(d)
+            std = np.empty(d, dtype=xc.dtype)
+            batchnorm.batchnorm_train_forward(xc, gamma, beta, float(self.momentum),
+                                              BATCHNORM_EPS, block, running_mean, running_var,
+                                              mean, inv_std, std, out)
+            self.batch_size = n
+            self.std = std
+            self._xc = self._xn = None
+        else:
+            mean = np.array(running_mean, dtype=np.float64)
+            inv_std = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + BATCHNORM_EPS)
+            batchnorm.batchnorm_apply(xc, mean, inv_std, gamma, beta, block, out)
+        self._saved = (bool(train_flg), x.shape, xc, mean, inv_std, out_dtype)
+        if train_flg:
+            self._train_saved = self._saved
+        return v.as_result(out, out_dtype).reshape(x.shape)
+
+    def backward(self, dout):
+        v.require_forward(self._saved, "BatchNormalization")
+        train, shape, xc, mean, inv_std, fwd_dtype = self._saved
+        dout = v.gradient_for(dout, shape, "BatchNormalization")
+        n, d = xc.shape
+        v.feature_parameter(self.gamma, "gamma", shape, d)
+        (dout, gamma), out_dtype = v.float_inputs(("dout", "gamma"), dout.reshape(n, d),
+                                                  self.gamma, contiguous=True)
+        out_dtype = np.promote_types(out_dtype, fwd_dtype)
+        work = v.compute_dtype(out_dtype)
+        dout, gamma, xc = (np.asarray(a, dtype=work, order="C") for a in (dout, gamma, xc))
+        gamma = _feature_row(gamma, d)
+        dx = np.empty((n, d), dtype=work)
+        dgamma, dbeta = np.empty(d, dtype=work), np.empty(d, dtype=work)
+        block = batchnorm.column_block(n, 2 * xc.itemsize, d)  # two arrays read per pass
+        batchnorm.batchnorm_backward(dout, xc, mean, inv_std, gamma, train, block, dx, dgamma,
+                                     dbeta)
+        self.dgamma = v.as_result(dgamma, out_dtype)
+        self.dbeta = v.as_result(dbeta, out_dtype)
+        return v.as_result(dx, out_dtype).reshape(shape)
+
+    def _recompute(self, normalised):
+        if self._train_saved is None:
+            return None
+        _, _, xc, mean, inv_std, _ = self._train_saved
+        centred = np.asarray(xc, dtype=np.float64) - mean  # the kernels' float64 arithmetic
+        return (centred * inv_std if normalised else centred).astype(xc.dtype, copy=False)
+
+    @property
+    def xc(self):
+        """``x - mean`` of the latest training pass, (N, D) (computed when first read)."""
+        if self._xc is None:
+            self._xc = self._recompute(normalised=False)
+        return self._xc
+
+    @xc.setter
+    def xc(self, value):
+        self._xc = value
+
+    @property
+    def xn(self):
+        """``(x - mean) / std`` of the latest training pass, (N, D) (computed when first read)."""
+        if self._xn is None:
+            self._xn = self._recompute(normalised=True)
+        return self._xn
+
+    @xn.setter
+    def xn(self, value):
+        self._xn = value

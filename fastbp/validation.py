@@ -358,3 +358,61 @@ def pool_geometry(x, pool_h, pool_w, stride, pad):
         raise ValueError(f"{layer}.forward: x of shape {x.shape} has no pixels to pool")
     oh, ow = _window_fits(x.shape, ph, pw, stride, pad, f"{layer}.forward", "pool window")
     return ph, pw, stride, pad, oh, ow
+
+
+def dropout_ratio(ratio):
+    """Dropout's ``dropout_ratio``: a real number in [0, 1), returned as a Python float."""
+    if isinstance(ratio, bool) or np.ndim(ratio) != 0 or np.asarray(ratio).dtype.kind not in "iuf":
+        raise TypeError(f"Dropout: dropout_ratio must be a real number; got {ratio!r}")
+    r = float(ratio)
+    if not 0.0 <= r < 1.0:
+        raise ValueError(f"Dropout: dropout_ratio must be in [0, 1); got {ratio!r}")
+    return r
+
+
+def random_source(rng):
+    """Dropout's ``rng``: None (NumPy's global state, as the book), a ``numpy.random.Generator``
+    (or anything with its ``random(shape)`` method), or a seed for ``numpy.random.default_rng``."""
+    if rng is None or callable(getattr(rng, "random", None)):
+        return rng
+    try:
+        return np.random.default_rng(rng)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"Dropout: rng must be a numpy.random.Generator, a seed or None; got "
+                        f"{type(rng).__name__}") from exc
+
+
+def batchnorm_input(x):
+    """BatchNormalization's ``x`` as (N, D), ``D = prod(x.shape[1:])``, as the book reshapes it."""
+    if x.ndim < 2:
+        raise ValueError(
+            f"BatchNormalization.forward: x must be (N, D) or (N, C, H, W); got shape {x.shape}")
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: ambiguous for 0 rows
+
+
+def feature_parameter(a, name, x_shape, d):
+    """Check that ``gamma`` or ``beta`` fits ``d`` features: its shape broadcasts to (1, d)
+    without growing, as ``gamma * xn`` does in the book ((d,) is the usual shape)."""
+    shape = np.shape(a)
+    try:
+        fits = len(shape) <= 2 and np.broadcast_shapes(shape, (1, d)) == (1, d)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"BatchNormalization: {name} of shape {shape} does not fit x of shape "
+            f"{tuple(x_shape)}: it needs shape ({d},), one value per feature of x.reshape(N, -1)"
+        )
+
+
+def running_statistic(a, name, x_shape, d):
+    """Check a running mean or variance: None, or an array of shape (d,). Return it checked."""
+    if a is None:
+        return None
+    arr = _as_array(a, name)
+    if arr.shape != (d,):
+        raise ValueError(
+            f"BatchNormalization: {name} of shape {arr.shape} does not fit x of shape "
+            f"{tuple(x_shape)}: it needs shape ({d},), one value per feature of x.reshape(N, -1)"
+        )
+    return arr

@@ -39,6 +39,18 @@ def away_from_zero(rng, shape, low=0.05, high=2.0):
     return rng.uniform(low, high, shape) * rng.choice([-1.0, 1.0], shape)
 
 
+class FixedUniforms:
+    """A stand-in for ``numpy.random.Generator`` whose ``random(shape)`` gives the same numbers
+    on every call: Dropout layers built with it draw one mask, on either backend and on every
+    forward pass (finite differences call ``forward`` many times)."""
+
+    def __init__(self, seed):
+        self.seed = seed
+
+    def random(self, shape):
+        return np.random.default_rng(self.seed).random(shape)
+
+
 def layer_cases(seed=0, batch=7):
     """The standard cases: every kernel-backed layer, every label form, odd sizes, N-d input."""
     rng = np.random.default_rng(seed)
@@ -47,7 +59,7 @@ def layer_cases(seed=0, batch=7):
     logits = 3 * rng.standard_normal((batch, 10))
     labels = rng.integers(0, 10, batch)
     probs = rng.dirichlet(np.ones(10), batch)
-    return [
+    cases = [
         LayerCase("Relu", lambda m, cast: m.Relu(), (away_from_zero(rng, (batch, 13)),)),
         LayerCase("Sigmoid", lambda m, cast: m.Sigmoid(),
                   (3 * rng.standard_normal((batch, 13)),)),
@@ -61,6 +73,41 @@ def layer_cases(seed=0, batch=7):
                   (logits, np.eye(10)[labels])),
         LayerCase("SoftmaxWithLoss[probs]", lambda m, cast: m.SoftmaxWithLoss(),
                   (logits, probs)),
+    ]
+    return cases + chapter6_cases(rng, seed, batch)
+
+
+def chapter6_cases(rng, seed, batch):
+    """BatchNormalization (2-d and 4-d, train and test mode) and Dropout (train and test)."""
+    x_bn = 2 * rng.standard_normal((batch, 11)) + 1
+    x_bn4 = rng.standard_normal((batch, 2, 3, 2)) - 0.5
+    gamma, beta = rng.uniform(0.5, 2, 11), rng.standard_normal(11)
+    gamma4, beta4 = rng.uniform(0.5, 2, 12), rng.standard_normal(12)
+    running = rng.standard_normal(11), rng.uniform(0.5, 2, 11)
+    running4 = rng.standard_normal(12), rng.uniform(0.5, 2, 12)
+    x_drop = rng.standard_normal((batch, 13))
+    train_grads = ("dgamma", "dbeta", "running_mean", "running_var", "xc", "xn", "std")
+    test_grads = ("dgamma", "dbeta", "running_mean", "running_var")
+    bn_params = {"gamma": "dgamma", "beta": "dbeta"}
+
+    def batchnorm(g, b, stats=None):
+        if stats is None:
+            return lambda m, cast: m.BatchNormalization(cast(g), cast(b), momentum=0.8)
+        return lambda m, cast: m.BatchNormalization(cast(g), cast(b), running_mean=cast(stats[0]),
+                                                    running_var=cast(stats[1]))
+
+    return [
+        LayerCase("BatchNormalization[train]", batchnorm(gamma, beta), (x_bn,),
+                  grads=train_grads, params=bn_params),
+        LayerCase("BatchNormalization[train 4-d]", batchnorm(gamma4, beta4), (x_bn4,),
+                  grads=train_grads, params=bn_params),
+        LayerCase("BatchNormalization[test]", batchnorm(gamma, beta, running),
+                  (x_bn, np.False_), grads=test_grads, params=bn_params),
+        LayerCase("BatchNormalization[test 4-d]", batchnorm(gamma4, beta4, running4),
+                  (x_bn4, np.False_), grads=test_grads, params=bn_params),
+        LayerCase("Dropout[train]", lambda m, cast: m.Dropout(0.3, rng=FixedUniforms(seed)),
+                  (x_drop,), grads=("mask",)),
+        LayerCase("Dropout[test]", lambda m, cast: m.Dropout(0.3), (x_drop, np.False_)),
     ]
 
 

@@ -295,3 +295,191 @@ class Pooling:
         dwindows[np.arange(d.size), self.arg_max] = d
         dx = col2im(dwindows.reshape(n * oh * ow, -1), self.x.shape, ph, pw, stride, pad)
         return v.as_result(dx, out_dtype)
+
+
+BATCHNORM_EPS = 10e-7
+"""Added to the variance under the square root, as in the book (``10e-7``, i.e. 1e-6)."""
+
+
+def dropout_uniforms(rng, shape):
+    """The uniform numbers that Dropout's mask compares with ``dropout_ratio``.
+
+    ``np.random.rand(*shape)`` from NumPy's global state, as the book draws them (so
+    ``np.random.seed`` gives the book's masks on both backends), or ``rng.random(shape)``.
+    """
+    if rng is None:
+        u = np.random.rand(*shape)  # noqa: NPY002 (the book's draw, on purpose)
+    else:
+        u = rng.random(shape)
+    u = np.asarray(u, dtype=np.float64, order="C")
+    if u.shape != tuple(shape):
+        raise ValueError(f"Dropout: rng.random({tuple(shape)}) returned shape {u.shape}")
+    return u
+
+
+class Dropout:
+    """Dropout as in the book: ``x * mask`` in training, ``x * (1 - dropout_ratio)`` in test mode.
+
+    ``mask = u > dropout_ratio`` with ``u = np.random.rand(*x.shape)`` from NumPy's global state
+    (the book's draw: ``np.random.seed`` reproduces the book's masks), or ``rng.random(x.shape)``
+    when ``rng`` (a ``numpy.random.Generator`` or a seed for one) is given. Kept elements are not
+    rescaled. ``backward`` is the derivative of the latest ``forward``: ``dout * mask`` after a
+    training pass, ``dout * (1 - dropout_ratio)`` after a test pass (the book reuses the last
+    training mask there).
+    """
+
+    def __init__(self, dropout_ratio=0.5, *, rng=None):
+        v.dropout_ratio(dropout_ratio)
+        self.dropout_ratio = dropout_ratio
+        self.rng = v.random_source(rng)
+        self.mask = None
+        self._saved = None
+
+    def forward(self, x, train_flg=True):
+        ratio = v.dropout_ratio(self.dropout_ratio)
+        xc, out_dtype = v.float_input(x)
+        if train_flg:
+            self.mask = dropout_uniforms(self.rng, xc.shape) > ratio
+            out = xc * self.mask
+            self._saved = (xc.shape, self.mask)
+        else:
+            out = xc * xc.dtype.type(1.0 - ratio)
+            self._saved = (xc.shape, 1.0 - ratio)
+        return v.as_result(out, out_dtype)
+
+    def backward(self, dout):
+        v.require_forward(self._saved, "Dropout")
+        shape, factor = self._saved
+        dout = v.gradient_for(dout, shape, "Dropout")
+        d, out_dtype = v.float_input(dout, "dout")
+        if isinstance(factor, float):
+            return v.as_result(d * d.dtype.type(factor), out_dtype)
+        return v.as_result(d * factor, out_dtype)
+
+
+def running_statistics(layer, d, dtype, x_shape, train):
+    """A BatchNormalization layer's running mean and variance for a pass over ``d`` features.
+
+    Missing statistics start as zeros in ``dtype`` (the book's start). In train mode they are
+    updated in place, so they must be arrays the layer owns, in ``dtype``: any other array (one
+    given to the constructor, or assigned) is copied first and the copy becomes the attribute,
+    so that no array the caller gave is ever written. In test mode they are only read.
+    """
+    stats = []
+    for name in ("running_mean", "running_var"):
+        value = v.running_statistic(getattr(layer, name), name, x_shape, d)
+        owned = layer._owned.get(name)
+        if value is None or (train and (value is not owned or value.dtype != dtype)):
+            value = np.zeros(d, dtype) if value is None else np.array(value, dtype=dtype)
+            setattr(layer, name, value)
+            layer._owned[name] = value
+        stats.append(value)
+    return stats
+
+
+class BatchNormalization:
+    """Batch normalisation, as the book's ``common/layers.py`` computes it.
+
+    Each feature of ``x.reshape(N, -1)`` (4-d input too: per feature, not per channel) is
+    normalised by the batch mean and biased variance in train mode, ``xn = (x - mean) /
+    sqrt(var + 10e-7)``, then ``out = gamma * xn + beta``. The running statistics follow
+    ``momentum * running + (1 - momentum) * batch``; test mode (``train_flg=False``) normalises
+    by them instead. Before any training pass they are the book's zeros.
+
+    Parameters
+    ----------
+    gamma, beta : ndarray
+        Scale and shift, shape (D,); kept by reference and read on every call.
+    momentum : float
+    running_mean, running_var : ndarray, optional
+        Shape (D,). Missing ones start as zeros (in the compute dtype) at the first forward.
+
+    Notes
+    -----
+    * The running statistics are updated in place, in arrays the layer owns: a running array
+      given to the constructor is copied at the first training pass, never written.
+    * A batch of one row in train mode has variance 0: ``xn`` is 0 and the output is ``beta``,
+      with no warning (the book's ``ch06/batch_norm_gradient_check.py`` runs on such a batch).
+    * An empty batch (N = 0) gives an output of shape (0, ...), NaN batch statistics (the mean
+      of nothing) and leaves the running statistics unchanged; ``dgamma`` and ``dbeta`` are 0.
+    * NaN or inf in a feature makes that feature's outputs NaN; other features are unaffected.
+    * ``backward`` is the derivative of the latest ``forward``. After a test pass that is the
+      derivative of the fixed affine map, ``dx = dout * gamma / sqrt(running_var + 10e-7)``
+      (the book would reuse the last training batch's statistics).
+    * float32 stays float32: the running statistics are created in the compute dtype.
+    """
+
+    def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None):
+        self.gamma = gamma
+        self.beta = beta
+        self.momentum = momentum
+        self.input_shape = None
+        self.running_mean = running_mean
+        self.running_var = running_var
+        self.batch_size = None
+        self.xc = None
+        self.xn = None
+        self.std = None
+        self.dgamma = None
+        self.dbeta = None
+        self._owned = {}
+        self._saved = None
+
+    def forward(self, x, train_flg=True):
+        x = v._as_array(x, "x")
+        x2 = v.batchnorm_input(x)
+        n, d = x2.shape
+        v.feature_parameter(self.gamma, "gamma", x.shape, d)
+        v.feature_parameter(self.beta, "beta", x.shape, d)
+        (xc, gamma, beta), out_dtype = v.float_inputs(("x", "gamma", "beta"), x2, self.gamma,
+                                                      self.beta)
+        dtype = xc.dtype
+        running_mean, running_var = running_statistics(self, d, dtype, x.shape, train_flg)
+        self.input_shape = x.shape
+        # An empty batch: the mean of nothing is NaN (0 / 0), without numpy.mean's warning.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if train_flg:
+                mu = np.sum(xc, axis=0) / n
+                xc = xc - mu
+                var = np.sum(xc ** 2, axis=0) / n
+                std = np.sqrt(var + BATCHNORM_EPS)
+                xn = xc / std
+                self.batch_size = n
+                self.xc, self.xn, self.std = xc, xn, std
+                if n:
+                    m = float(self.momentum)
+                    running_mean[...] = m * running_mean + (1 - m) * mu
+                    running_var[...] = m * running_var + (1 - m) * var
+            else:
+                xc = xc - np.asarray(running_mean, dtype=dtype)
+                std = np.sqrt(np.asarray(running_var, dtype=dtype) + BATCHNORM_EPS)
+                xn = xc / std
+        out = gamma * xn + beta
+        self._saved = (train_flg, x.shape, xc, xn, std, out_dtype)
+        return v.as_result(out, out_dtype).reshape(x.shape)
+
+    def backward(self, dout):
+        v.require_forward(self._saved, "BatchNormalization")
+        train, shape, xc, xn, std, fwd_dtype = self._saved
+        dout = v.gradient_for(dout, shape, "BatchNormalization")
+        n, d = xc.shape
+        v.feature_parameter(self.gamma, "gamma", shape, d)
+        (dout, gamma), out_dtype = v.float_inputs(("dout", "gamma"), dout.reshape(n, d),
+                                                  self.gamma)
+        out_dtype = np.promote_types(out_dtype, fwd_dtype)
+        work = v.compute_dtype(out_dtype)
+        dout, gamma, xc, xn, std = (np.asarray(a, dtype=work) for a in (dout, gamma, xc, xn, std))
+        dbeta = dout.sum(axis=0)
+        dgamma = np.sum(xn * dout, axis=0)
+        dxn = gamma * dout
+        dxc = dxn / std
+        if train:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                dstd = -np.sum((dxn * xc) / (std * std), axis=0)
+                dvar = 0.5 * dstd / std
+                dxc += (2.0 / max(n, 1)) * xc * dvar  # n = 0: dxc is empty, the factor unused
+                dmu = np.sum(dxc, axis=0)
+                dxc = dxc - dmu / max(n, 1)
+        self.dgamma = v.as_result(dgamma, out_dtype)
+        self.dbeta = v.as_result(dbeta, out_dtype)
+        return v.as_result(dxc, out_dtype).reshape(shape)
