@@ -275,25 +275,22 @@ def _input_dim(input_dim):
 
 
 def _conv_output_size(size, filter_size, stride, pad, where):
-    """The book's ``conv_output_size`` as an int, or ValueError naming the layer and the sizes."""
+    """The output size of a convolution layer, as the layers compute it (the floor of the book's
+    ``conv_output_size``), or ValueError naming the layer and the sizes."""
     if stride < 1 or pad < 0 or filter_size < 1:
         raise ValueError(f"{where}: filter_size and stride must be at least 1 and pad at least "
                          f"0; got filter_size {filter_size}, stride {stride}, pad {pad}")
-    span = size + 2 * pad - filter_size
-    if span < 0:
-        raise ValueError(f"{where}: a {filter_size}-wide filter does not fit a map of {size} "
+    if filter_size > size + 2 * pad:
+        raise ValueError(f"{where}: a filter of {filter_size} does not fit a map of {size} "
                          f"padded by {pad}")
-    if span % stride:
-        raise ValueError(f"{where}: (size {size} + 2 * pad {pad} - filter {filter_size}) is not "
-                         f"a multiple of the stride {stride}")
-    return span // stride + 1
+    return (size + 2 * pad - filter_size) // stride + 1
 
 
 def _pool_output_size(size, where):
-    """The output size of the nets' 2x2, stride-2 pooling; even sizes only, so no row is lost."""
-    if size < 2 or size % 2:
-        raise ValueError(f"{where}: 2x2 pooling with stride 2 needs an even map size; the map "
-                         f"here is {size} wide")
+    """The output size of the nets' 2x2, stride-2 pooling (an odd last row is left out)."""
+    if size < 2:
+        raise ValueError(f"{where}: 2x2 pooling needs a map of at least 2x2; the map here is "
+                         f"{size} wide")
     return size // 2
 
 
@@ -444,8 +441,10 @@ class SimpleConvNet(_ConvNet):
 
     Notes
     -----
-    The convolution's output must pool evenly: its size must be even (the book's formula for
-    ``W2`` only holds then). The sizes are checked here, with an error that names them.
+    The sizes are computed as the layers compute them (rows that no window reaches are left
+    out), so ``W2`` fits whatever the convolution's output size; the book's formula for ``W2``
+    only holds where that size is even. A filter larger than the padded image is an error that
+    names the sizes.
     """
 
     def __init__(self, input_dim=(1, 28, 28),
@@ -537,8 +536,9 @@ class DeepConvNet(_ConvNet):
         ``filter_num``, ``filter_size``, ``pad`` and ``stride`` of each convolution.
     hidden_size, output_size : int
     backend, rng, dtype
-        As for :class:`TwoLayerNet`. ``rng`` draws the weights; the Dropout masks come from
-        NumPy's global state, as in the book (seed it with ``np.random.seed``).
+        As for :class:`TwoLayerNet`. ``rng`` draws the weights and then the Dropout masks, so a
+        seed repeats a whole training run. Without it both come from NumPy's global state, as
+        in the book (``np.random.seed`` repeats them).
 
     Attributes
     ----------
@@ -553,8 +553,8 @@ class DeepConvNet(_ConvNet):
     The weights are He-initialised, ``sqrt(2 / fan_in)``, as in the book. The book writes the
     fan-ins out for its default arguments (``1*3*3, 16*3*3, ..., 64*4*4, hidden_size``); here
     they are computed from the arguments, which gives the book's numbers for its defaults, and
-    so is the input width of ``W7`` (the book's ``64*4*4``). Every map that is pooled must have
-    an even size; the sizes are checked here, with an error that names them.
+    so is the input width of ``W7`` (the book's ``64*4*4``). A filter larger than its padded map
+    is an error that names the sizes.
     """
 
     _PARAM_LAYER_INDEXES = (0, 2, 5, 7, 10, 12, 15, 18)
@@ -607,9 +607,9 @@ class DeepConvNet(_ConvNet):
                 self.layers.append(L.Pooling(pool_h=2, pool_w=2, stride=2))
         self.layers.append(L.Affine(self.params["W7"], self.params["b7"]))
         self.layers.append(L.Relu())
-        self.layers.append(L.Dropout(0.5))
+        self.layers.append(L.Dropout(0.5, rng=rng))
         self.layers.append(L.Affine(self.params["W8"], self.params["b8"]))
-        self.layers.append(L.Dropout(0.5))
+        self.layers.append(L.Dropout(0.5, rng=rng))
         self.last_layer = L.SoftmaxWithLoss()
 
     @property

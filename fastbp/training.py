@@ -167,7 +167,16 @@ def _mnist_test_split(mnist_dir):
     """The t10k images split by a fixed shuffle into MNIST_TEST_ONLY_TRAIN_SIZE / the rest."""
     from fastbp import datasets
 
-    images, labels = datasets._load_pair(mnist_dir, "test_img", "test_label")
+    images_file = os.path.join(mnist_dir, datasets.MNIST_FILES["test_img"])
+    labels_file = os.path.join(mnist_dir, datasets.MNIST_FILES["test_label"])
+    images = datasets.read_idx(images_file, 2051)
+    labels = datasets.read_idx(labels_file, 2049)
+    if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
+        raise ValueError(f"{images_file} holds images of shape {images.shape} but "
+                         f"{labels_file} holds {labels.shape[0]} labels (MNIST: 28x28 images, "
+                         "one label each)")
+    if labels.size and labels.max() > 9:
+        raise ValueError(f"{labels_file}: label {int(labels.max())} is not a digit 0..9")
     if images.shape[0] <= MNIST_TEST_ONLY_TRAIN_SIZE:
         raise ValueError(f"{mnist_dir} holds only the t10k files, with {images.shape[0]} images: "
                          f"too few to keep {MNIST_TEST_ONLY_TRAIN_SIZE} for training and test "
