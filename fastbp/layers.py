@@ -7,20 +7,21 @@ A drop-in for the book's ``common/layers.py`` and ``ch05/layer_naive.py``: repla
 attribute names. :mod:`fastbp.reference.layers` holds the same classes in plain NumPy.
 """
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from fastbp import validation as v
-from fastbp.kernels import activations, affine, batchnorm, dropout, softmax
+from fastbp.kernels import activations, affine, batchnorm, conv, dropout, jit, pool, softmax
 from fastbp.reference.layers import (
     BATCHNORM_EPS,
     AddLayer,
-    Convolution,
     MulLayer,
-    Pooling,
     dropout_uniforms,
     running_statistics,
 )
-from fastbp.threads import product_threads
+from fastbp.threads import SMALL_PRODUCT_FLOPS, product_threads
 
 __all__ = [
     "AddLayer",
@@ -391,3 +392,217 @@ class BatchNormalization:
     @xn.setter
     def xn(self, value):
         self._xn = value
+
+
+class Convolution:
+    """2-d convolution (cross-correlation, as in the book) of (N, C, H, W) input with
+    (FN, C, FH, FW) filters ``W``, plus one bias per filter ``b`` (shape (FN,), or a scalar).
+
+    ``W`` and ``b`` are kept by reference and read on every call. The output is
+    (N, FN, OH, OW), ``OH = (H + 2 * pad - FH) // stride + 1`` (likewise OW), as in the book.
+    ``backward`` sets ``dW`` and ``db`` and returns ``dx``; with ``need_dx = False`` (a fastbp
+    extension, for a network's first layer, whose input needs no gradient) it returns ``None``
+    and skips that work.
+
+    A kernel copies the windows of a few images at a time into a buffer that stays in cache,
+    (C * FH * FW + 1, OH * OW) per image with a row of ones; BLAS multiplies ``[W | b]`` by it,
+    which gives the output in (N, FN, OH, OW) order with the bias added. ``backward`` unfolds
+    the images again rather than keeping the column matrix (less memory than the book's
+    layer): one product per image gives ``[dW | db]``, another the windows' gradient, which a
+    kernel adds back into ``dx``. Large batches are split over threads by images.
+    ``col`` and ``col_W`` give the book's intermediates, built when read.
+    """
+
+    def __init__(self, W, b, stride=1, pad=0):
+        self.W = W
+        self.b = b
+        self.stride = stride
+        self.pad = pad
+        self.x = None
+        self.dW = None
+        self.db = None
+        self.need_dx = True
+        self._W2 = None
+
+    @property
+    def col(self):
+        """The book's ``col`` of the last forward pass: (N * OH * OW, C * FH * FW)."""
+        if self.x is None:
+            return None
+        w_shape, stride, pad, oh, ow = self._geometry
+        n, c = self.x.shape[:2]
+        col = np.empty((n * oh * ow, c * w_shape[2] * w_shape[3]), dtype=self.x.dtype)
+        conv.im2col(self.x, w_shape[2], w_shape[3], stride, pad, col)
+        return col
+
+    @property
+    def col_W(self):
+        """The book's ``col_W``: the filters of the last forward pass as (C * FH * FW, FN)."""
+        return None if self._W2 is None else self._W2.T
+
+    def forward(self, x):
+        x = v._as_array(x, "x")
+        W = v._as_array(self.W, "W")
+        stride, pad, oh, ow = v.conv_geometry(x, W, self.b, self.stride, self.pad)
+        (xc, Wc, bc), out_dtype = v.float_inputs(("x", "W", "b"), x, W, self.b, contiguous=True)
+        n = xc.shape[0]
+        fn, c, fh, fw = W.shape
+        k, p = c * fh * fw, oh * ow
+        W2 = Wc.reshape(fn, k)
+        Wb = np.empty((fn, k + 1), dtype=xc.dtype)
+        Wb[:, :k] = W2
+        Wb[:, k] = v.bias_vector(bc, fn)
+        out = np.empty((n, fn, oh, ow), dtype=xc.dtype)
+        out3 = out.reshape(n, fn, p)
+        chunk = _images_per_chunk(k + 1, p, xc.dtype)
+
+        def images(lo, hi, serial):
+            unfold = conv.unfold.serial if serial else conv.unfold
+            col = np.empty((min(chunk, hi - lo), k + 1, p), dtype=xc.dtype)
+            for s in range(lo, hi, chunk):
+                e = min(hi, s + chunk)
+                unfold(xc[s:e], fh, fw, stride, pad, col[:e - s])
+                np.matmul(Wb, col[:e - s], out=out3[s:e])
+
+        _over_images(images, n, n * (k + 1) * p, 2 * fn * (k + 1) * p)
+        self.x, self._W2 = xc, W2
+        self._geometry, self._out_dtype = (W.shape, stride, pad, oh, ow), out_dtype
+        return v.as_result(out, out_dtype)
+
+    def backward(self, dout):
+        v.require_forward(self.x, "Convolution")
+        w_shape, stride, pad, oh, ow = self._geometry
+        W = v.filters_for_backward(self.W, w_shape)
+        fn, c, fh, fw = w_shape
+        n, k, p = self.x.shape[0], c * fh * fw, oh * ow
+        dout = v.gradient_for(dout, (n, fn, oh, ow), "Convolution")
+        out_dtype, work = v.backward_dtypes(self._out_dtype, dout, W)
+        d = np.asarray(dout, dtype=work, order="C").reshape(n, fn, p)
+        xc = self.x.astype(work, copy=False)
+        W2T = np.asarray(W, dtype=work).reshape(fn, k).T
+        need_dx = self.need_dx
+        parts = np.empty((n, fn, k + 1), dtype=work)  # [dW | db] of each image
+        dx = np.empty(self.x.shape, dtype=work) if need_dx else None
+        chunk = _images_per_chunk(k + 1, p, work)
+
+        def images(lo, hi, serial):
+            unfold = conv.unfold.serial if serial else conv.unfold
+            fold = conv.fold.serial if serial else conv.fold
+            m = min(chunk, hi - lo)
+            col = np.empty((m, k + 1, p), dtype=work)
+            dcol = np.empty((m, k, p), dtype=work) if need_dx else None
+            for s in range(lo, hi, chunk):
+                e = min(hi, s + chunk)
+                unfold(xc[s:e], fh, fw, stride, pad, col[:e - s])
+                np.matmul(d[s:e], col[:e - s].transpose(0, 2, 1), out=parts[s:e])
+                if need_dx:
+                    np.matmul(W2T, d[s:e], out=dcol[:e - s])
+                    fold(dcol[:e - s], fh, fw, stride, pad, dx[s:e])
+
+        _over_images(images, n, n * (k + 1) * p, 2 * fn * (k + 1) * p)
+        grads = np.empty(fn * (k + 1), dtype=work)
+        affine.column_sum(parts.reshape(n, fn * (k + 1)), grads)  # images added in order
+        grads = grads.reshape(fn, k + 1)
+        self.dW = v.as_result(grads[:, :k].reshape(w_shape), out_dtype)
+        self.db = v.as_result(grads[:, k].copy(), out_dtype)
+        return None if dx is None else v.as_result(dx, out_dtype)
+
+
+CONV_CHUNK_BYTES = 1 << 18
+"""``Convolution`` unfolds this many bytes of images at a time (at least one image): a buffer
+that stays in a core's cache between the kernel that writes it and the product that reads it."""
+
+
+def _images_per_chunk(rows, p, dtype):
+    return max(1, CONV_CHUNK_BYTES // (rows * p * np.dtype(dtype).itemsize))
+
+
+_image_threads = None
+
+
+def _over_images(images, n, size, flops_per_image):
+    """Run ``images(lo, hi, serial)`` over the images ``[0, n)``: at once, or split into
+    contiguous ranges on threads (the kernels' rule, :func:`fastbp.kernels.jit.threads_for`).
+
+    Each image is computed by the same code, with single-threaded products, whichever thread
+    runs it, so the results do not depend on the thread count. Products of at least
+    :data:`fastbp.threads.SMALL_PRODUCT_FLOPS` run on BLAS's own threads instead.
+    """
+    global _image_threads
+    count = 1 if flops_per_image >= SMALL_PRODUCT_FLOPS else min(n, jit.threads_for(size))
+    with product_threads(flops_per_image):
+        if count < 2:
+            images(0, n, False)
+            return
+        if _image_threads is None:
+            _image_threads = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
+                                                thread_name_prefix="fastbp-images")
+        bounds = [n * t // count for t in range(count + 1)]
+        futures = [_image_threads.submit(images, bounds[t], bounds[t + 1], True)
+                   for t in range(1, count)]
+        try:
+            images(bounds[0], bounds[1], True)
+        finally:
+            for f in futures:
+                f.result()
+
+
+class Pooling:
+    """Max pooling over ``pool_h`` x ``pool_w`` windows of (N, C, H, W) input, moved by ``stride``.
+
+    Each output is the largest element of its window; among equal largest elements the first in
+    row-major window order wins, and a NaN wins over any number (the first NaN, as in PyTorch).
+    ``pad`` rows and columns are added around the input but never win: the output has
+    ``OH = (H + 2 * pad - pool_h) // stride + 1`` rows, padding counted (PyTorch's rule; the book
+    leaves pad out of the output size and pads with zeros). ``pad`` may be at most half the pool
+    size. Where windows overlap (``stride`` smaller than the pool), their gradients add up.
+
+    One kernel writes the output and each window's winner in one pass; ``backward`` sends each
+    gradient to its winner. ``arg_max`` gives the book's intermediate (built when read).
+    """
+
+    def __init__(self, pool_h, pool_w, stride=1, pad=0):
+        self.pool_h = pool_h
+        self.pool_w = pool_w
+        self.stride = stride
+        self.pad = pad
+        self.x = None
+        self._arg = None
+
+    @property
+    def arg_max(self):
+        """The book's ``arg_max``: the winner's offset in its window, rows in (n, oh, ow, c)
+        order."""
+        if self._arg is None:
+            return None
+        _, pw, stride, pad, oh, ow = self._geometry
+        row, column = np.divmod(self._arg.astype(np.intp), self.x.shape[3])
+        i = row - (np.arange(oh)[:, None] * stride - pad)
+        j = column - (np.arange(ow) * stride - pad)
+        return (i * pw + j).transpose(0, 2, 3, 1).reshape(-1)
+
+    def forward(self, x):
+        x = v._as_array(x, "x")
+        ph, pw, stride, pad, oh, ow = v.pool_geometry(x, self.pool_h, self.pool_w, self.stride,
+                                                      self.pad)
+        xc, out_dtype = v.float_input(x, contiguous=True)
+        n, c, h, w = xc.shape
+        out = np.empty((n, c, oh, ow), dtype=xc.dtype)
+        arg = np.empty((n, c, oh, ow), dtype=np.int32 if h * w < 2**31 else np.intp)
+        pool.max_pool_forward(xc.reshape(n * c, h, w), ph, pw, stride, pad,
+                              out.reshape(n * c, oh, ow), arg.reshape(n * c, oh, ow))
+        self.x, self._arg = xc, arg
+        self._geometry, self._out_dtype = (ph, pw, stride, pad, oh, ow), out_dtype
+        return v.as_result(out, out_dtype)
+
+    def backward(self, dout):
+        v.require_forward(self.x, "Pooling")
+        n, c, h, w = self.x.shape
+        oh, ow = self._geometry[4:]
+        dout = v.gradient_for(dout, (n, c, oh, ow), "Pooling")
+        out_dtype, work = v.backward_dtypes(self._out_dtype, dout)
+        d = np.asarray(dout, dtype=work, order="C")
+        dx = np.empty(self.x.shape, dtype=work)
+        pool.max_pool_backward(d.reshape(n * c, oh, ow), self._arg.reshape(n * c, oh, ow),
+                               dx.reshape(n * c, h, w))
+        return v.as_result(dx, out_dtype)

@@ -416,3 +416,18 @@ def running_statistic(a, name, x_shape, d):
             f"{tuple(x_shape)}: it needs shape ({d},), one value per feature of x.reshape(N, -1)"
         )
     return arr
+
+
+def filters_for_backward(W, w_shape):
+    """``W`` as ``Convolution.backward`` reads it: it must still have the shape forward saw."""
+    W = _as_array(W, "W")
+    if W.shape != tuple(w_shape):
+        raise ValueError(
+            f"Convolution.backward: W has shape {W.shape}, but forward ran with {tuple(w_shape)}"
+        )
+    return W
+
+
+def bias_vector(b, fn):
+    """A checked Convolution bias (see :func:`conv_geometry`) as a contiguous (FN,) vector."""
+    return np.ascontiguousarray(np.broadcast_to(np.reshape(b, -1), (fn,)))

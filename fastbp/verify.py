@@ -73,8 +73,26 @@ def layer_cases(seed=0, batch=7):
                   (logits, np.eye(10)[labels])),
         LayerCase("SoftmaxWithLoss[probs]", lambda m, cast: m.SoftmaxWithLoss(),
                   (logits, probs)),
+        *conv_cases(rng, batch),
     ]
     return cases + chapter6_cases(rng, seed, batch)
+
+
+def conv_cases(rng, batch):
+    """Convolution and Pooling on small odd, non-square images (chapters 7-8)."""
+    x = rng.standard_normal((batch, 3, 9, 8))
+    W1, b1 = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    W2, b2 = rng.standard_normal((5, 3, 4, 2)), rng.standard_normal(5)
+    return [
+        LayerCase("Convolution", lambda m, cast: m.Convolution(cast(W1), cast(b1)), (x,),
+                  grads=("dW", "db"), params={"W": "dW", "b": "db"}),
+        LayerCase("Convolution[stride 2, pad 1]",
+                  lambda m, cast: m.Convolution(cast(W2), cast(b2), stride=2, pad=1), (x,),
+                  grads=("dW", "db"), params={"W": "dW", "b": "db"}),
+        LayerCase("Pooling", lambda m, cast: m.Pooling(2, 2, stride=2), (x,)),
+        LayerCase("Pooling[3x2, stride 1, pad 1]",
+                  lambda m, cast: m.Pooling(3, 2, stride=1, pad=1), (x,)),
+    ]
 
 
 def chapter6_cases(rng, seed, batch):

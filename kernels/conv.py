@@ -8,7 +8,8 @@ Two column layouts:
 * the layer's (``unfold``/``fold``): per image a (C * FH * FW, OH * OW) matrix, stacked to
   (N, K, P). Copying a window row of the input is then a run of OW elements (a contiguous one at
   stride 1), and the products ``W (FN, K) @ col[n] (K, P)`` give the output in (N, FN, OH, OW)
-  order directly, with no transpose.
+  order directly, with no transpose. The layer unfolds a few images at a time, into a buffer
+  that stays in cache, and multiplies them at once.
 
 Every kernel is parallel over images (``prange``): a thread owns whole images of its outputs, so
 the accumulations of ``col2im``/``fold`` never race, and each element is summed in the same
@@ -100,3 +101,94 @@ def col2im(col, fh, fw, stride, pad, dx):
     p = oh * ow
     for image in prange(n):
         _col2im_image(col[image * p:(image + 1) * p], fh, fw, stride, pad, oh, ow, dx[image])
+
+
+@kernel
+def _inside(n_out, offset, stride, size):
+    """Output positions ``[lo, hi)`` whose input index ``o * stride + offset`` lies in
+    ``[0, size)``."""
+    lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    last = size - 1 - offset  # the largest o * stride allowed
+    hi = 0 if last < 0 else min(n_out, last // stride + 1)
+    return lo, max(lo, hi)
+
+
+@kernel
+def _unfold_image(x, fh, fw, stride, pad, oh, ow, col):
+    """One image: ``x`` (C, H, W) into ``col`` (C * FH * FW [+ 1], OH * OW)."""
+    c_count, h, w = x.shape
+    zero = col.dtype.type(0)
+    one = col.dtype.type(1)
+    for k in range(c_count * fh * fw, col.shape[0]):
+        ones = col[k]
+        for q in range(ones.size):
+            ones[q] = one
+    for c in range(c_count):
+        for i in range(fh):
+            for j in range(fw):
+                dst = col[(c * fh + i) * fw + j]
+                off = j - pad
+                lo, hi = _inside(ow, off, stride, w)
+                for y in range(oh):
+                    yy = y * stride + i - pad
+                    row = dst[y * ow:(y + 1) * ow]
+                    if yy < 0 or yy >= h:
+                        for o in range(ow):
+                            row[o] = zero
+                        continue
+                    src = x[c, yy]
+                    for o in range(lo):
+                        row[o] = zero
+                    for o in range(lo, hi):
+                        row[o] = src[o * stride + off]
+                    for o in range(hi, ow):
+                        row[o] = zero
+
+
+@sized
+def unfold(x, fh, fw, stride, pad, col):
+    """``col[n]`` (C * FH * FW, OH * OW) = the windows of image ``n`` of ``x`` (N, C, H, W), one
+    column per output position: the layer's layout (see the module docstring).
+
+    ``col`` may have one more row, (N, C * FH * FW + 1, OH * OW): it is set to 1. The layer
+    puts the bias beside the filters, so one product adds it (and its gradient gives ``db``).
+    """
+    oh = (x.shape[2] + 2 * pad - fh) // stride + 1
+    ow = (x.shape[3] + 2 * pad - fw) // stride + 1
+    for image in prange(x.shape[0]):
+        _unfold_image(x[image], fh, fw, stride, pad, oh, ow, col[image])
+
+
+@kernel
+def _fold_image(col, fh, fw, stride, pad, oh, ow, dx):
+    """One image: ``dx`` (C, H, W) = the columns of ``col`` (C * FH * FW, OH * OW) added at their
+    places, window offsets ascending (the reference's order)."""
+    c_count, h, w = dx.shape
+    zero = dx.dtype.type(0)
+    for c in range(c_count):
+        plane = dx[c]
+        for yy in range(h):
+            for xx in range(w):
+                plane[yy, xx] = zero
+        for i in range(fh):
+            for j in range(fw):
+                src = col[(c * fh + i) * fw + j]
+                off = j - pad
+                lo, hi = _inside(ow, off, stride, w)
+                for y in range(oh):
+                    yy = y * stride + i - pad
+                    if yy < 0 or yy >= h:
+                        continue
+                    dst = plane[yy]
+                    row = src[y * ow:(y + 1) * ow]
+                    for o in range(lo, hi):
+                        dst[o * stride + off] += row[o]
+
+
+@sized
+def fold(col, fh, fw, stride, pad, dx):
+    """The adjoint of :func:`unfold`: ``dx`` (N, C, H, W) from ``col`` (N, C * FH * FW, OH * OW)."""
+    oh = (dx.shape[2] + 2 * pad - fh) // stride + 1
+    ow = (dx.shape[3] + 2 * pad - fw) // stride + 1
+    for image in prange(dx.shape[0]):
+        _fold_image(col[image], fh, fw, stride, pad, oh, ow, dx[image])

@@ -190,7 +190,8 @@ class Convolution:
     shape (FN,), or is a scalar. The output is (N, FN, OH, OW) with
     ``OH = (H + 2 * pad - FH) // stride + 1`` (likewise OW); rows that no window reaches when the
     division is not exact are left out, as in the book. ``backward`` sets ``dW`` (W's shape) and
-    ``db`` (FN,) and returns ``dx``. ``col`` and ``col_W`` are the book's intermediates.
+    ``db`` (FN,) and returns ``dx``, or ``None`` when ``need_dx`` is False (a fastbp extension,
+    for a network's first layer). ``col`` and ``col_W`` are the book's intermediates.
     """
 
     def __init__(self, W, b, stride=1, pad=0):
@@ -203,6 +204,7 @@ class Convolution:
         self.col_W = None
         self.dW = None
         self.db = None
+        self.need_dx = True
 
     def forward(self, x):
         x = v._as_array(x, "x")
@@ -213,14 +215,14 @@ class Convolution:
         fn, _, fh, fw = W.shape
         self.col = im2col(xc, fh, fw, stride, pad)
         self.col_W = Wc.reshape(fn, -1).T
-        out = np.dot(self.col, self.col_W) + bc.reshape(-1)
+        out = np.dot(self.col, self.col_W) + v.bias_vector(bc, fn)
         self.x, self._geometry, self._out_dtype = xc, (W.shape, stride, pad, oh, ow), out_dtype
         return v.as_result(out.reshape(n, oh, ow, fn).transpose(0, 3, 1, 2), out_dtype)
 
     def backward(self, dout):
         v.require_forward(self.x, "Convolution")
         w_shape, stride, pad, oh, ow = self._geometry
-        W = _same_filters(self.W, w_shape)
+        W = v.filters_for_backward(self.W, w_shape)
         fn, c, fh, fw = w_shape
         dout = v.gradient_for(dout, (self.x.shape[0], fn, oh, ow), "Convolution")
         out_dtype, work = v.backward_dtypes(self._out_dtype, dout, W)
@@ -228,19 +230,11 @@ class Convolution:
         col = self.col.astype(work, copy=False)
         self.db = v.as_result(np.sum(d, axis=0), out_dtype)
         self.dW = v.as_result(np.dot(col.T, d).T.reshape(fn, c, fh, fw), out_dtype)
+        if not self.need_dx:
+            return None
         dcol = np.dot(d, np.asarray(W, dtype=work).reshape(fn, -1))
         dx = col2im(dcol, self.x.shape, fh, fw, stride, pad)
         return v.as_result(dx, out_dtype)
-
-
-def _same_filters(W, w_shape):
-    """``W`` as read by ``backward``: it must still have the shape ``forward`` saw."""
-    W = v._as_array(W, "W")
-    if W.shape != w_shape:
-        raise ValueError(
-            f"Convolution.backward: W has shape {W.shape}, but forward ran with {w_shape}"
-        )
-    return W
 
 
 class Pooling:
@@ -293,7 +287,8 @@ class Pooling:
         d = np.asarray(dout, dtype=work).transpose(0, 2, 3, 1).reshape(-1)
         dwindows = np.zeros((d.size, ph * pw), dtype=work)
         dwindows[np.arange(d.size), self.arg_max] = d
-        dx = col2im(dwindows.reshape(n * oh * ow, -1), self.x.shape, ph, pw, stride, pad)
+        dwindows = dwindows.reshape(n * oh * ow, c * ph * pw)
+        dx = col2im(dwindows, self.x.shape, ph, pw, stride, pad)
         return v.as_result(dx, out_dtype)
 
 

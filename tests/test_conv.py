@@ -1,0 +1,365 @@
+"""Convolution: kernel layer against the NumPy reference, finite differences, bad input,
+threads, and the book's attributes."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from layouts import LAYOUTS
+
+from fastbp import layers, reference, threads
+from fastbp.kernels import jit
+from fastbp.testing import assert_finite_differences, assert_layers_agree
+
+BACKENDS = {"kernel": layers, "reference": reference.layers}
+
+# (x shape, W shape, stride, pad): batch 1, odd and non-square images and filters, C > 1,
+# filter sizes 1-7, stride 1-3, pad 0-2, and sizes the stride does not divide.
+GEOMETRIES = [
+    ((2, 3, 7, 6), (4, 3, 3, 3), 1, 0),
+    ((1, 1, 8, 8), (3, 1, 5, 5), 1, 0),
+    ((3, 2, 9, 8), (5, 2, 1, 1), 1, 0),
+    ((2, 3, 9, 7), (2, 3, 4, 2), 2, 1),
+    ((1, 2, 11, 10), (3, 2, 7, 6), 3, 2),
+    ((2, 1, 5, 6), (4, 1, 3, 5), 2, 2),
+    ((1, 4, 6, 5), (2, 4, 2, 3), 3, 0),
+    ((2, 2, 4, 4), (3, 2, 6, 6), 1, 1),
+]
+
+
+def data(geometry, seed=0):
+    x_shape, w_shape, stride, pad = geometry
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(x_shape), rng.standard_normal(w_shape),
+            rng.standard_normal(w_shape[0]), stride, pad)
+
+
+def agree(x, W, b, stride, pad, dtype, x_layout="C", w_layout="C"):
+    return assert_layers_agree(
+        lambda c: layers.Convolution(LAYOUTS[w_layout](c(W)), c(b), stride, pad),
+        lambda c: reference.layers.Convolution(c(W), c(b), stride, pad),
+        (LAYOUTS[x_layout](np.asarray(x, dtype=dtype)),), dtype=dtype, grads=("dW", "db"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_agrees_with_reference(geometry, dtype, build):
+    x, W, b, stride, pad = data(geometry)
+    agree(x, W, b, stride, pad, dtype)
+
+
+@pytest.mark.parametrize("layout", [k for k in LAYOUTS if k != "C"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layouts(layout, dtype):
+    x, W, b, stride, pad = data(GEOMETRIES[3])
+    agree(x, W, b, stride, pad, dtype, x_layout=layout)
+    agree(x, W, b, stride, pad, dtype, w_layout=layout)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES[:6])
+def test_finite_differences(geometry):
+    x, W, b, stride, pad = data(geometry, seed=1)
+    for module in BACKENDS.values():
+        assert_finite_differences(lambda m=module: m.Convolution(W.copy(), b.copy(), stride, pad),
+                                  (x,), params={"W": "dW", "b": "db"})
+
+
+@pytest.mark.parametrize("bias", ["row", "(1, FN)", "python zero", "numpy scalar", "(1,)"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bias_forms(bias, dtype):
+    """b is (FN,), or what the book's scripts pass (ch07/apply_filter.py passes 0)."""
+    x, W, b, stride, pad = data(GEOMETRIES[0])
+    b = {"row": b, "(1, FN)": b.reshape(1, -1), "python zero": 0,
+         "numpy scalar": np.float64(0.5), "(1,)": np.array([0.25])}[bias]
+
+    def cast_b(cast):
+        return b if isinstance(b, int) else cast(np.asarray(b))
+
+    ref = reference.layers
+    result = assert_layers_agree(lambda c: layers.Convolution(c(W), cast_b(c), stride, pad),
+                                 lambda c: ref.Convolution(c(W), cast_b(c), stride, pad),
+                                 (x,), dtype=dtype, grads=("dW", "db"))
+    assert result.passed
+    layer = layers.Convolution(W, b, stride, pad)
+    layer.backward(np.ones_like(layer.forward(x)))
+    assert layer.db.shape == (W.shape[0],)
+
+
+def test_output_size_floors_and_unreached_rows_get_no_gradient():
+    """H + 2 pad - FH = 6 is not a multiple of 4: OH = 6 // 4 + 1 = 2, as in the book's layer;
+    the input's last rows and columns are in no window, so their gradient is 0."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 1, 9, 9))
+    W, b = rng.standard_normal((2, 1, 3, 3)), np.zeros(2)
+    for module in BACKENDS.values():
+        layer = module.Convolution(W, b, stride=4)
+        out = layer.forward(x)
+        assert out.shape == (1, 2, 2, 2)
+        dx = layer.backward(np.ones_like(out))
+        assert np.all(dx[..., 7:, :] == 0) and np.all(dx[..., :, 7:] == 0)
+        assert np.any(dx[..., :7, :7] != 0)
+
+
+def test_known_values():
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    W = np.zeros((2, 1, 2, 2))
+    W[0, 0, 0, 0] = 1  # picks the top-left of each window
+    W[1] = 1  # sums each window
+    for module in BACKENDS.values():
+        out = module.Convolution(W, np.array([0.0, 10.0]), stride=2).forward(x)
+        np.testing.assert_array_equal(out[0, 0], [[0, 2], [8, 10]])
+        np.testing.assert_array_equal(out[0, 1], [[10 + 10, 10 + 18], [10 + 42, 10 + 50]])
+        padded = module.Convolution(np.ones((1, 1, 3, 3)), 0, pad=1).forward(x)
+        assert padded.shape == (1, 1, 4, 4)
+        assert padded[0, 0, 0, 0] == 0 + 1 + 4 + 5  # zero padding
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_need_dx_false_skips_dx_and_keeps_the_parameter_gradients(dtype):
+    x, W, b, stride, pad = data(GEOMETRIES[4])
+    x, W, b = (a.astype(dtype) for a in (x, W, b))
+    for module in BACKENDS.values():
+        full = module.Convolution(W, b, stride, pad)
+        dout = np.ones_like(full.forward(x))
+        assert full.backward(dout) is not None
+        lean = module.Convolution(W, b, stride, pad)
+        lean.need_dx = False
+        lean.forward(x)
+        assert lean.backward(dout) is None
+        np.testing.assert_array_equal(lean.dW, full.dW)
+        np.testing.assert_array_equal(lean.db, full.db)
+
+
+def test_parameters_are_read_on_every_call():
+    x, W, b, stride, pad = data(GEOMETRIES[0])
+    for module in BACKENDS.values():
+        W1, b1 = W.copy(), b.copy()
+        layer = module.Convolution(W1, b1, stride, pad)
+        first = layer.forward(x)
+        W1 *= 2  # in place, as the optimizers update
+        b1 *= 2
+        np.testing.assert_allclose(layer.forward(x), 2 * first, rtol=1e-12)
+        layer.W, layer.b = W, b  # rebinding, as load_params does
+        np.testing.assert_allclose(layer.forward(x), first, rtol=1e-12)
+        assert layer.W is W and layer.b is b
+
+
+def test_book_attributes_match_the_reference():
+    x, W, b, stride, pad = data(GEOMETRIES[3])
+    kernel, ref = layers.Convolution(W, b, stride, pad), reference.layers.Convolution(W, b, stride,
+                                                                                      pad)
+    for layer in (kernel, ref):
+        assert layer.x is None and layer.dW is None and layer.db is None
+        assert layer.col is None and layer.col_W is None
+        assert (layer.stride, layer.pad) == (stride, pad)
+        layer.forward(x)
+    np.testing.assert_array_equal(kernel.col, ref.col)
+    np.testing.assert_array_equal(kernel.col_W, ref.col_W)
+    np.testing.assert_array_equal(kernel.x, x)
+
+
+def test_dtypes():
+    x, W, b, stride, pad = data(GEOMETRIES[0])
+    f32 = [a.astype(np.float32) for a in (x, W, b)]
+    for module in BACKENDS.values():
+        layer = module.Convolution(f32[1], f32[2], stride, pad)
+        out = layer.forward(f32[0])
+        assert out.dtype == np.float32
+        assert layer.backward(np.ones_like(out)).dtype == np.float32
+        assert layer.dW.dtype == np.float32 and layer.db.dtype == np.float32
+        mixed = module.Convolution(W, f32[2], stride, pad)  # float64 W: NumPy's promotion
+        out = mixed.forward(f32[0])
+        assert out.dtype == np.float64
+        assert mixed.backward(np.ones_like(out)).dtype == np.float64
+        half = module.Convolution(W.astype(np.float16), b.astype(np.float16), stride, pad)
+        assert half.forward(x.astype(np.float16)).dtype == np.float16
+
+
+def test_float16_agrees():
+    x, W, b, stride, pad = data(GEOMETRIES[0])
+    agree(x, W, b, stride, pad, np.float16)
+
+
+def test_empty_batch():
+    for module in BACKENDS.values():
+        layer = module.Convolution(np.ones((2, 1, 3, 3)), np.zeros(2))
+        out = layer.forward(np.zeros((0, 1, 5, 5)))
+        assert out.shape == (0, 2, 3, 3)
+        assert layer.backward(out).shape == (0, 1, 5, 5)
+        np.testing.assert_array_equal(layer.dW, 0)
+        np.testing.assert_array_equal(layer.db, 0)
+
+
+def test_nan_and_inf_propagate_alike():
+    x, W, b, stride, pad = data(GEOMETRIES[0])
+    x[0, 1, 2, 3] = np.nan
+    x[1, 0, 0, 0] = np.inf
+    result = agree(x, W, b, stride, pad, np.float64)
+    out = layers.Convolution(W, b, stride, pad).forward(x)
+    assert np.isnan(out[0, :, 0:3, 1:4]).all()
+    assert np.isfinite(out[0, :, 3:, :]).all()
+    assert result.passed
+
+
+def test_no_argument_is_modified():
+    x, W, b, stride, pad = data(GEOMETRIES[3])
+    keep = [a.copy() for a in (x, W, b)]
+    for module in BACKENDS.values():
+        layer = module.Convolution(W, b, stride, pad)
+        out = layer.forward(x)
+        dout = np.ones_like(out)
+        layer.backward(dout)
+        for a, k in zip((x, W, b), keep, strict=True):
+            np.testing.assert_array_equal(a, k)
+        np.testing.assert_array_equal(dout, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bit_identical_at_every_thread_count(dtype, monkeypatch):
+    """Images are split over threads; each image's products are single-threaded and dW, db
+    are summed image by image in order, so the split never changes a bit."""
+    monkeypatch.setattr(jit, "PARALLEL_MIN_ELEMENTS", 0)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((13, 3, 12, 11)).astype(dtype)
+    W = rng.standard_normal((6, 3, 3, 4)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    dout = rng.standard_normal((13, 6, 6, 5)).astype(dtype)
+
+    def run():
+        layer = layers.Convolution(W, b, stride=2, pad=1)
+        return [a.tobytes() for a in (layer.forward(x), layer.backward(dout), layer.dW,
+                                      layer.db)]
+
+    with threads.threads(1):
+        expected = run()
+    for n in sorted({2, 3, threads.numba.config.NUMBA_NUM_THREADS}):
+        if n <= threads.numba.config.NUMBA_NUM_THREADS:
+            with threads.threads(n):
+                assert run() == expected
+
+
+def test_chunks_of_images_give_the_same_bits(monkeypatch):
+    x, W, b, stride, pad = data(GEOMETRIES[0])
+    x = np.concatenate([x] * 5)
+    layer = layers.Convolution(W, b, stride, pad)
+    expected = [layer.forward(x), layer.backward(np.ones((10, 4, 5, 4)))]
+    monkeypatch.setattr(layers, "CONV_CHUNK_BYTES", 1)  # one image at a time
+    got = [layer.forward(x), layer.backward(np.ones((10, 4, 5, 4)))]
+    for a, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, e)
+
+
+# --- bad input: a clear error, the same from both backends --------------------------------
+
+BAD_FORWARD = {
+    "x 3-d": (np.zeros((1, 5, 5)), np.zeros((2, 1, 3, 3)), np.zeros(2), 1, 0, ValueError,
+              r"x must be 4-d \(N, C, H, W\); got shape \(1, 5, 5\)"),
+    "W 3-d": (np.zeros((1, 1, 5, 5)), np.zeros((2, 3, 3)), np.zeros(2), 1, 0, ValueError,
+              r"W must be 4-d \(FN, C, FH, FW\); got shape \(2, 3, 3\)"),
+    "channels": (np.zeros((1, 3, 5, 5)), np.zeros((2, 1, 3, 3)), np.zeros(2), 1, 0, ValueError,
+                 "has 3 channels but W of shape .* expects 1"),
+    "bias length": (np.zeros((1, 1, 5, 5)), np.zeros((2, 1, 3, 3)), np.zeros(3), 1, 0,
+                    ValueError, r"b of shape \(3,\) does not fit 2 filters"),
+    "bias column": (np.zeros((1, 1, 5, 5)), np.zeros((2, 1, 3, 3)), np.zeros((2, 1)), 1, 0,
+                    ValueError, r"b of shape \(2, 1\) does not fit 2 filters"),
+    "filter too large": (np.zeros((1, 1, 4, 4)), np.zeros((2, 1, 5, 3)), np.zeros(2), 1, 0,
+                         ValueError, "filter of 5x3 is larger than the padded input of 4x4"),
+    "stride 0": (np.zeros((1, 1, 5, 5)), np.zeros((2, 1, 3, 3)), np.zeros(2), 0, 0, ValueError,
+                 "stride must be positive; got 0"),
+    "stride -1": (np.zeros((1, 1, 5, 5)), np.zeros((2, 1, 3, 3)), np.zeros(2), -1, 0,
+                  ValueError, "stride must be positive; got -1"),
+    "pad -1": (np.zeros((1, 1, 5, 5)), np.zeros((2, 1, 3, 3)), np.zeros(2), 1, -1, ValueError,
+               "pad must be at least 0; got -1"),
+    "stride 1.5": (np.zeros((1, 1, 5, 5)), np.zeros((2, 1, 3, 3)), np.zeros(2), 1.5, 0,
+                   TypeError, "stride must be an integer"),
+    "complex x": (np.zeros((1, 1, 5, 5), complex), np.zeros((2, 1, 3, 3)), np.zeros(2), 1, 0,
+                  TypeError, "real numeric array"),
+}
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("case", list(BAD_FORWARD))
+def test_bad_input_raises(case, backend):
+    x, W, b, stride, pad, error, message = BAD_FORWARD[case]
+    with pytest.raises(error, match=message):
+        BACKENDS[backend].Convolution(W, b, stride, pad).forward(x)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_bad_backward_raises(backend):
+    module = BACKENDS[backend]
+    layer = module.Convolution(np.zeros((2, 1, 3, 3)), np.zeros(2))
+    with pytest.raises(RuntimeError, match=r"backward called before Convolution\.forward"):
+        layer.backward(np.zeros((1, 2, 3, 3)))
+    layer.forward(np.zeros((1, 1, 5, 5)))
+    with pytest.raises(ValueError, match=r"dout of shape \(1, 2, 3, 2\) does not match"):
+        layer.backward(np.zeros((1, 2, 3, 2)))
+    layer.W = np.zeros((2, 1, 2, 2))
+    with pytest.raises(ValueError, match="but forward ran with"):
+        layer.backward(np.zeros((1, 2, 3, 3)))
+
+
+def test_bad_input_never_crashes_the_kernel_process():
+    """Every bad case, in a fresh process, serial and threaded builds: exceptions, no crash."""
+    code = textwrap.dedent("""
+        import numpy as np
+        from fastbp import layers
+        from fastbp.kernels import jit
+        for threshold in (2**62, 0):
+            jit.PARALLEL_MIN_ELEMENTS = threshold
+            cases = [
+                ((1, 5, 5), (2, 1, 3, 3), 2, 1, 0), ((1, 1, 5, 5), (2, 3, 3), 2, 1, 0),
+                ((1, 3, 5, 5), (2, 1, 3, 3), 2, 1, 0), ((1, 1, 5, 5), (2, 1, 3, 3), 3, 1, 0),
+                ((1, 1, 4, 4), (2, 1, 5, 3), 2, 1, 0), ((1, 1, 5, 5), (2, 1, 3, 3), 2, 0, 0),
+                ((1, 1, 5, 5), (2, 1, 3, 3), 2, -2, 0), ((1, 1, 5, 5), (2, 1, 3, 3), 2, 1, -1),
+                ((1, 1, 2, 2), (2, 1, 9, 9), 2, 1, 3),
+            ]
+            for xs, ws, nb, stride, pad in cases:
+                try:
+                    layers.Convolution(np.ones(ws), np.ones(nb), stride, pad).forward(np.ones(xs))
+                except ValueError as exc:
+                    print("ValueError")
+                else:
+                    print("NO ERROR", xs, ws, nb, stride, pad)
+            layer = layers.Convolution(np.ones((2, 1, 3, 3)), np.ones(2))
+            layer.forward(np.ones((4, 1, 6, 6)))
+            for d in (np.ones(3), np.ones((4, 2, 4, 3)), np.ones((400, 2, 4, 4))):
+                try:
+                    layer.backward(d)
+                except ValueError:
+                    print("ValueError")
+                else:
+                    print("NO ERROR dout", d.shape)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["ValueError"] * 24, proc.stdout
+
+
+# --- hypothesis ------------------------------------------------------------------------------
+
+
+@st.composite
+def convolutions(draw):
+    fh, fw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    stride, pad = draw(st.integers(1, 3)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, fh - 2 * pad), 9))
+    w = draw(st.integers(max(1, fw - 2 * pad), 9))
+    n, c, fn = draw(st.integers(0, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    return (scale * rng.standard_normal((n, c, h, w)), rng.standard_normal((fn, c, fh, fw)),
+            rng.standard_normal(fn), stride, pad)
+
+
+@given(case=convolutions(), dtype=st.sampled_from([np.float32, np.float64]),
+       layout=st.sampled_from(list(LAYOUTS)))
+def test_hypothesis_agreement(case, dtype, layout):
+    x, W, b, stride, pad = case
+    agree(x, W, b, stride, pad, dtype, x_layout=layout)
