@@ -410,8 +410,17 @@ class _ConvNet:
 
 
 def _backward_without_dx(conv, dout):
-    """``conv.backward(dout)`` for ``dW`` and ``db`` only (the first layer's ``dx`` is unused)."""
-    conv.backward(dout)
+    """``conv.backward(dout)`` for ``dW`` and ``db`` only: the first layer's ``dx`` is unused.
+
+    The Convolution's ``need_dx`` is switched off for this one call and restored after, so the
+    layer still returns ``dx`` to anyone who calls its ``backward`` directly.
+    """
+    saved = conv.need_dx
+    conv.need_dx = False
+    try:
+        conv.backward(dout)
+    finally:
+        conv.need_dx = saved
 
 
 class SimpleConvNet(_ConvNet):

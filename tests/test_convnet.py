@@ -186,6 +186,34 @@ def test_gradient_matches_numerical_gradient(backend):
         assert np.max(np.abs(grad[key] - grad_num[key])) <= 1e-6 * scale, key
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_skips_the_images_dx(backend):
+    """gradient() asks the first Convolution for no dx, for that call only, and gets the same
+    gradients as the book's backward through every layer."""
+    net = SimpleConvNet(backend=backend, rng=0, weight_init_std=0.3, **SMALL)
+    x, t = images(3), np.array([0, 1, 2])
+    conv = net.layers["Conv1"]
+    seen = []
+    backward = conv.backward
+
+    def spy(dout):
+        seen.append(conv.need_dx)
+        seen.append(backward(dout))
+        return seen[-1]
+
+    conv.backward = spy
+    grads = {key: value.copy() for key, value in net.gradient(x, t).items()}
+    assert seen == [False, None] and conv.need_dx is True
+    del conv.backward
+    net.loss(x, t)  # the book's way: every layer's backward, the images' dx included
+    dout = net.last_layer.backward(1)
+    for layer in reversed(list(net.layers.values())):
+        dout = layer.backward(dout)
+    assert dout.shape == x.shape
+    np.testing.assert_array_equal(conv.dW, grads["W1"])
+    np.testing.assert_array_equal(conv.db, grads["b1"])
+
+
 def _twin_nets(cls, dtype, **kwargs):
     """A kernel net in ``dtype`` and a float64 reference net holding the same (rounded)
     parameter values."""
