@@ -462,3 +462,18 @@ def test_simpleconv_learns_real_mnist(capsys):
     result = json.loads(lines[-1])
     assert status == 0 and result["test_size"] == 2000 and result["steps"] == 80
     assert result["test_accuracy"] >= 0.9
+
+
+def test_bench_times_the_conv_steps(capsys):
+    """``fastbp bench`` runs the SimpleConvNet step and the drop-in case on both backends."""
+    import json
+
+    status = cli.main(["bench", "--sizes", "book", "--layers", "simpleconv,dropin",
+                       "--time", "0.01", "--no-torch", "--json", "--dtype", "float32"])
+    assert status == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(r["case"], r["dtype"]) for r in doc["results"]] == [("simpleconv", "float32"),
+                                                                  ("dropin", "float32")]
+    for r in doc["results"]:
+        assert r["shape"] == [100, 1, 28, 28]
+        assert r["seconds"]["reference"] > 0 and r["seconds"]["kernel"] > 0
