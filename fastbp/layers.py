@@ -404,13 +404,12 @@ class Convolution:
     extension, for a network's first layer, whose input needs no gradient) it returns ``None``
     and skips that work.
 
-    A kernel copies the windows of a few images at a time into a buffer that stays in cache,
-    (C * FH * FW + 1, OH * OW) per image with a row of ones; BLAS multiplies ``[W | b]`` by it,
-    which gives the output in (N, FN, OH, OW) order with the bias added. ``backward`` unfolds
-    the images again rather than keeping the column matrix (less memory than the book's
-    layer): one product per image gives ``[dW | db]``, another the windows' gradient, which a
-    kernel adds back into ``dx``. Large batches are split over threads by images.
-    ``col`` and ``col_W`` give the book's intermediates, built when read.
+    A kernel copies the windows of each image into a (C * FH * FW + 1, OH * OW) matrix with a
+    row of ones, a few images at a time, and BLAS multiplies ``[W | b]`` by them while they are
+    in cache: the output comes in (N, FN, OH, OW) order with the bias added. ``backward``: one
+    product per image gives ``[dW | db]``, another the windows' gradient, which a kernel adds
+    back into ``dx``. Large batches are split over threads by images. ``col`` (the book's
+    layout, built when read) and ``col_W`` give the book's intermediates.
     """
 
     def __init__(self, W, b, stride=1, pad=0):
@@ -422,18 +421,17 @@ class Convolution:
         self.dW = None
         self.db = None
         self.need_dx = True
+        self._col = None
         self._W2 = None
 
     @property
     def col(self):
-        """The book's ``col`` of the last forward pass: (N * OH * OW, C * FH * FW)."""
-        if self.x is None:
+        """The book's ``col`` of the last forward pass: (N * OH * OW, C * FH * FW), a copy in
+        the book's layout."""
+        if self._col is None:
             return None
-        w_shape, stride, pad, oh, ow = self._geometry
-        n, c = self.x.shape[:2]
-        col = np.empty((n * oh * ow, c * w_shape[2] * w_shape[3]), dtype=self.x.dtype)
-        conv.im2col(self.x, w_shape[2], w_shape[3], stride, pad, col)
-        return col
+        n, rows, p = self._col.shape
+        return self._col[:, :rows - 1].transpose(0, 2, 1).reshape(n * p, rows - 1)
 
     @property
     def col_W(self):
@@ -452,20 +450,22 @@ class Convolution:
         Wb = np.empty((fn, k + 1), dtype=xc.dtype)
         Wb[:, :k] = W2
         Wb[:, k] = v.bias_vector(bc, fn)
+        self._col = None  # the last pass's columns: freed before the new ones are made
         out = np.empty((n, fn, oh, ow), dtype=xc.dtype)
         out3 = out.reshape(n, fn, p)
         chunk = _images_per_chunk(k + 1, p, xc.dtype)
 
+        col = np.empty((n, k + 1, p), dtype=xc.dtype)
+
         def images(lo, hi, serial):
             unfold = conv.unfold.serial if serial else conv.unfold
-            col = np.empty((min(chunk, hi - lo), k + 1, p), dtype=xc.dtype)
             for s in range(lo, hi, chunk):
                 e = min(hi, s + chunk)
-                unfold(xc[s:e], fh, fw, stride, pad, col[:e - s])
-                np.matmul(Wb, col[:e - s], out=out3[s:e])
+                unfold(xc[s:e], fh, fw, stride, pad, col[s:e])
+                np.matmul(Wb, col[s:e], out=out3[s:e])  # while the chunk is in cache
 
-        _over_images(images, n, n * (k + 1) * p, 2 * fn * (k + 1) * p)
-        self.x, self._W2 = xc, W2
+        _over_images(images, n, col.size, 2 * fn * (k + 1) * p)
+        self.x, self._col, self._W2 = xc, col, W2
         self._geometry, self._out_dtype = (W.shape, stride, pad, oh, ow), out_dtype
         return v.as_result(out, out_dtype)
 
@@ -478,7 +478,7 @@ class Convolution:
         dout = v.gradient_for(dout, (n, fn, oh, ow), "Convolution")
         out_dtype, work = v.backward_dtypes(self._out_dtype, dout, W)
         d = np.asarray(dout, dtype=work, order="C").reshape(n, fn, p)
-        xc = self.x.astype(work, copy=False)
+        col = self._col.astype(work, copy=False)
         W2T = np.asarray(W, dtype=work).reshape(fn, k).T
         need_dx = self.need_dx
         parts = np.empty((n, fn, k + 1), dtype=work)  # [dW | db] of each image
@@ -486,20 +486,16 @@ class Convolution:
         chunk = _images_per_chunk(k + 1, p, work)
 
         def images(lo, hi, serial):
-            unfold = conv.unfold.serial if serial else conv.unfold
             fold = conv.fold.serial if serial else conv.fold
-            m = min(chunk, hi - lo)
-            col = np.empty((m, k + 1, p), dtype=work)
-            dcol = np.empty((m, k, p), dtype=work) if need_dx else None
+            dcol = np.empty((min(chunk, hi - lo), k, p), dtype=work) if need_dx else None
             for s in range(lo, hi, chunk):
                 e = min(hi, s + chunk)
-                unfold(xc[s:e], fh, fw, stride, pad, col[:e - s])
-                np.matmul(d[s:e], col[:e - s].transpose(0, 2, 1), out=parts[s:e])
+                np.matmul(d[s:e], col[s:e].transpose(0, 2, 1), out=parts[s:e])
                 if need_dx:
                     np.matmul(W2T, d[s:e], out=dcol[:e - s])
                     fold(dcol[:e - s], fh, fw, stride, pad, dx[s:e])
 
-        _over_images(images, n, n * (k + 1) * p, 2 * fn * (k + 1) * p)
+        _over_images(images, n, col.size, 2 * fn * (k + 1) * p)
         grads = np.empty(fn * (k + 1), dtype=work)
         affine.column_sum(parts.reshape(n, fn * (k + 1)), grads)  # images added in order
         grads = grads.reshape(fn, k + 1)
@@ -518,6 +514,16 @@ def _images_per_chunk(rows, p, dtype):
 
 
 _image_threads = None
+
+
+def _forget_image_threads():
+    """In a forked child the pool's threads do not exist: start a new pool when needed."""
+    global _image_threads
+    _image_threads = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_image_threads)
 
 
 def _over_images(images, n, size, flops_per_image):

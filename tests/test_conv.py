@@ -363,3 +363,33 @@ def convolutions(draw):
 def test_hypothesis_agreement(case, dtype, layout):
     x, W, b, stride, pad = case
     agree(x, W, b, stride, pad, dtype, x_layout=layout)
+
+
+def test_a_forked_child_runs_threaded_convolutions():
+    """The image threads do not survive fork: the child starts its own instead of waiting on
+    the parent's forever."""
+    code = textwrap.dedent("""
+        import os, signal, numpy as np
+        from fastbp import layers, threads
+        from fastbp.kernels import jit
+        jit.PARALLEL_MIN_ELEMENTS = 0
+        threads.set_num_threads(2)
+        x = np.random.default_rng(0).standard_normal((8, 2, 9, 9))
+        layer = layers.Convolution(np.ones((3, 2, 3, 3)), np.zeros(3))
+        want = layer.forward(x)
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(60)
+            # The child would run serial (numba's pool started in the parent): force the image
+            # threads, whose kernels are the serial builds, to test their pool.
+            jit._FORKED_FROM_POOL = False
+            ok = np.array_equal(layers.Convolution(np.ones((3, 2, 3, 3)), np.zeros(3)).forward(x),
+                                want)
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["0"], proc.stdout
