@@ -225,7 +225,10 @@ class Dropout:
 
     def forward(self, x, train_flg=True):
         ratio = v.dropout_ratio(self.dropout_ratio)
-        xc, out_dtype = v.float_input(x, contiguous=True)
+        if v.kernel_ready(x):
+            xc, out_dtype = x, x.dtype  # the usual case: nothing to convert
+        else:
+            xc, out_dtype = v.float_input(x, contiguous=True)
         out = np.empty_like(xc)
         if train_flg:
             u = dropout_uniforms(self.rng, xc.shape)
@@ -244,7 +247,10 @@ class Dropout:
         v.require_forward(self._saved, "Dropout")
         shape, factor = self._saved
         dout = v.gradient_for(dout, shape, "Dropout")
-        d, out_dtype = v.float_input(dout, "dout", contiguous=True)
+        if v.kernel_ready(dout):
+            d, out_dtype = dout, dout.dtype
+        else:
+            d, out_dtype = v.float_input(dout, "dout", contiguous=True)
         dx = np.empty_like(d)
         if isinstance(factor, float):
             dropout.dropout_scale(d.reshape(-1), d.dtype.type(factor), dx.reshape(-1))
@@ -257,7 +263,7 @@ def _feature_row(a, d):
     """``gamma`` or ``beta`` (checked to broadcast to (1, d)) as a C-contiguous (d,) row."""
     if a.shape == (d,) and a.flags.c_contiguous:
         return a
-    return np.ascontiguousarray(np.broadcast_to(a, (1, d))[0])
+    return np.broadcast_to(a, (1, d))[0].copy()  # a writeable row: one kernel signature
 
 
 class BatchNormalization:
@@ -314,13 +320,17 @@ class BatchNormalization:
 
     def forward(self, x, train_flg=True):
         x = v._as_array(x, "x")
-        x2 = v.batchnorm_input(x)
+        x2 = x if x.ndim == 2 else v.batchnorm_input(x)
         n, d = x2.shape
-        v.feature_parameter(self.gamma, "gamma", x.shape, d)
-        v.feature_parameter(self.beta, "beta", x.shape, d)
-        (xc, gamma, beta), out_dtype = v.float_inputs(("x", "gamma", "beta"), x2, self.gamma,
-                                                      self.beta, contiguous=True)
-        gamma, beta = _feature_row(gamma, d), _feature_row(beta, d)
+        gamma, beta = self.gamma, self.beta
+        if v.kernel_ready(x2, gamma, beta) and gamma.shape == beta.shape == (d,):
+            xc, out_dtype = x2, x2.dtype  # the usual case: nothing to convert
+        else:
+            v.feature_parameter(gamma, "gamma", x.shape, d)
+            v.feature_parameter(beta, "beta", x.shape, d)
+            (xc, gamma, beta), out_dtype = v.float_inputs(("x", "gamma", "beta"), x2, gamma,
+                                                          beta, contiguous=True)
+            gamma, beta = _feature_row(gamma, d), _feature_row(beta, d)
         running_mean, running_var = running_statistics(self, d, xc.dtype, x.shape, train_flg)
         block = batchnorm.column_block(n, xc.itemsize, d)
         out = np.empty_like(xc)
@@ -348,16 +358,20 @@ class BatchNormalization:
         train, shape, xc, mean, inv_std, fwd_dtype = self._saved
         dout = v.gradient_for(dout, shape, "BatchNormalization")
         n, d = xc.shape
-        v.feature_parameter(self.gamma, "gamma", shape, d)
-        (dout, gamma), out_dtype = v.float_inputs(("dout", "gamma"), dout.reshape(n, d),
-                                                  self.gamma, contiguous=True)
-        out_dtype = np.promote_types(out_dtype, fwd_dtype)
-        work = v.compute_dtype(out_dtype)
-        dout, gamma, xc = (np.asarray(a, dtype=work, order="C") for a in (dout, gamma, xc))
-        gamma = _feature_row(gamma, d)
+        gamma = self.gamma
+        if v.kernel_ready(xc, dout, gamma) and fwd_dtype == xc.dtype and gamma.shape == (d,):
+            dout, work, out_dtype = dout.reshape(n, d), xc.dtype, fwd_dtype  # the usual case
+        else:
+            v.feature_parameter(gamma, "gamma", shape, d)
+            (dout, gamma), out_dtype = v.float_inputs(("dout", "gamma"), dout.reshape(n, d),
+                                                      gamma, contiguous=True)
+            out_dtype = np.promote_types(out_dtype, fwd_dtype)
+            work = v.compute_dtype(out_dtype)
+            dout, gamma, xc = (np.asarray(a, dtype=work, order="C") for a in (dout, gamma, xc))
+            gamma = _feature_row(gamma, d)
         dx = np.empty((n, d), dtype=work)
         dgamma, dbeta = np.empty(d, dtype=work), np.empty(d, dtype=work)
-        block = batchnorm.column_block(n, 2 * xc.itemsize, d)  # two arrays read per pass
+        block = batchnorm.column_block(n, xc.itemsize, d)
         batchnorm.batchnorm_backward(dout, xc, mean, inv_std, gamma, train, block, dx, dgamma,
                                      dbeta)
         self.dgamma = v.as_result(dgamma, out_dtype)
@@ -368,8 +382,9 @@ class BatchNormalization:
         if self._train_saved is None:
             return None
         _, _, xc, mean, inv_std, _ = self._train_saved
-        centred = np.asarray(xc, dtype=np.float64) - mean  # the kernels' float64 arithmetic
-        return (centred * inv_std if normalised else centred).astype(xc.dtype, copy=False)
+        with np.errstate(invalid="ignore"):  # inf - inf in a feature with inf: NaN, as forward
+            centred = np.asarray(xc, dtype=np.float64) - mean  # the kernels' float64 arithmetic
+            return (centred * inv_std if normalised else centred).astype(xc.dtype, copy=False)
 
     @property
     def xc(self):

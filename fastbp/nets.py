@@ -1,5 +1,5 @@
 """The book's networks: ``ch05/two_layer_net.py``, ``common/multi_layer_net.py``,
-``ch07/simple_convnet.py`` and ``ch08/deep_convnet.py``.
+``common/multi_layer_net_extend.py``, ``ch07/simple_convnet.py`` and ``ch08/deep_convnet.py``.
 
 Same constructors, attributes and methods as the book, built from :mod:`fastbp.layers`
 (``backend="kernel"``) or :mod:`fastbp.reference.layers` (``backend="reference"``); the code is
@@ -20,8 +20,8 @@ import numpy as np
 
 from fastbp.gradient import numerical_gradient
 
-__all__ = ["BACKENDS", "DeepConvNet", "MultiLayerNet", "SimpleConvNet", "TwoLayerNet",
-           "layer_module"]
+__all__ = ["BACKENDS", "DeepConvNet", "MultiLayerNet", "MultiLayerNetExtend", "SimpleConvNet",
+           "TwoLayerNet", "layer_module"]
 
 BACKENDS = ("kernel", "reference")
 
@@ -79,8 +79,8 @@ class _Net:
         """The fraction of rows whose arg-max logit is the label (``t``: labels or one-hot)."""
         return _accuracy(self.predict(x), t)
 
-    def _backprop(self, x, t):
-        self.loss(x, t)
+    def _backprop(self, x, t, **loss_options):
+        self.loss(x, t, **loss_options)
         dout = self.last_layer.backward(1)
         for layer in reversed(self.layers.values()):
             dout = layer.backward(dout)
@@ -228,7 +228,9 @@ class MultiLayerNet(_Net):
     def loss(self, x, t):
         """The mean softmax-cross-entropy loss plus the weight-decay penalty."""
         y = self.predict(x)
-        loss = self.last_layer.forward(y, t)
+        return self._with_weight_decay(self.last_layer.forward(y, t))
+
+    def _with_weight_decay(self, loss):
         if self.weight_decay_lambda:  # the book adds 0 when lambda is 0; skip the work
             weight_decay = 0
             for W in self._weights():
@@ -252,10 +254,127 @@ class MultiLayerNet(_Net):
         self._backprop(x, t)
         grads = {}
         for idx in range(1, self.hidden_layer_num + 2):
-            layer = self.layers[f"Affine{idx}"]
-            grads[f"W{idx}"] = (layer.dW + self.weight_decay_lambda * layer.W
-                                if self.weight_decay_lambda else layer.dW)
-            grads[f"b{idx}"] = layer.db
+            grads[f"W{idx}"], grads[f"b{idx}"] = self._affine_gradients(idx)
+        return grads
+
+    def _affine_gradients(self, idx):
+        layer = self.layers[f"Affine{idx}"]
+        dW = (layer.dW + self.weight_decay_lambda * layer.W
+              if self.weight_decay_lambda else layer.dW)
+        return dW, layer.db
+
+
+class MultiLayerNetExtend(MultiLayerNet):
+    """:class:`MultiLayerNet` with dropout and batch normalisation: the book's
+    ``common/multi_layer_net_extend.py``.
+
+    Each hidden layer is ``Affine{i}``, then ``BatchNorm{i}`` (with ``use_batchnorm``; its
+    parameters are ``gamma{i}`` and ``beta{i}`` in ``params``, starting at 1 and 0), then
+    ``Activation_function{i}``, then ``Dropout{i}`` (with ``use_dropout``). ``predict`` and
+    ``loss`` pass ``train_flg`` to the dropout and batch-norm layers; ``gradient`` runs the loss
+    with ``train_flg=True``, as the book does.
+
+    Parameters
+    ----------
+    input_size, hidden_size_list, output_size, activation, weight_init_std, weight_decay_lambda
+        As for :class:`MultiLayerNet`.
+    use_dropout : bool
+    dropout_ration : float
+        The dropout ratio, under the book's (misspelled) name; ``dropout_ratio`` is accepted too.
+    use_batchnorm : bool
+    backend, dtype
+        As for :class:`TwoLayerNet`.
+    rng : numpy.random.Generator or int, optional
+        The source of the initial weights and, when given, of the dropout masks too. Default:
+        NumPy's global state for both, as in the book (``np.random.seed`` reproduces a run).
+    """
+
+    def __init__(self, input_size, hidden_size_list, output_size, activation="relu",
+                 weight_init_std="relu", weight_decay_lambda=0, use_dropout=False,
+                 dropout_ration=0.5, use_batchnorm=False, *, dropout_ratio=None,
+                 backend="kernel", rng=None, dtype=np.float64):
+        if dropout_ratio is not None:
+            if dropout_ration != 0.5 and dropout_ration != dropout_ratio:
+                raise TypeError("give dropout_ratio or the book's dropout_ration, not both; got "
+                                f"{dropout_ratio!r} and {dropout_ration!r}")
+            dropout_ration = dropout_ratio
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be 'relu' or 'sigmoid'; got {activation!r}")
+        L = layer_module(backend)
+        dtype = _float_dtype(dtype)
+        rng = _generator(rng)
+        self.backend = backend
+        self.input_size = input_size
+        self.output_size = output_size
+        self.hidden_size_list = list(hidden_size_list)
+        self.hidden_layer_num = len(self.hidden_size_list)
+        self.use_dropout = use_dropout
+        self.weight_decay_lambda = weight_decay_lambda
+        self.use_batchnorm = use_batchnorm
+        self.params = {}
+        self._init_weight(weight_init_std, rng, dtype)
+
+        activation_layer = getattr(L, _ACTIVATIONS[activation])
+        self.layers = OrderedDict()
+        for idx in range(1, self.hidden_layer_num + 1):
+            self.layers[f"Affine{idx}"] = L.Affine(self.params[f"W{idx}"],
+                                                  self.params[f"b{idx}"])
+            if self.use_batchnorm:
+                width = self.hidden_size_list[idx - 1]
+                self.params[f"gamma{idx}"] = np.ones(width, dtype=dtype)
+                self.params[f"beta{idx}"] = np.zeros(width, dtype=dtype)
+                self.layers[f"BatchNorm{idx}"] = L.BatchNormalization(
+                    self.params[f"gamma{idx}"], self.params[f"beta{idx}"])
+            self.layers[f"Activation_function{idx}"] = activation_layer()
+            if self.use_dropout:
+                self.layers[f"Dropout{idx}"] = L.Dropout(dropout_ration, rng=rng)
+        idx = self.hidden_layer_num + 1
+        self.layers[f"Affine{idx}"] = L.Affine(self.params[f"W{idx}"], self.params[f"b{idx}"])
+        self.last_layer = L.SoftmaxWithLoss()
+
+    def predict(self, x, train_flg=False):
+        """The logits; dropout and batch norm run in train mode when ``train_flg``."""
+        for key, layer in self.layers.items():
+            if key.startswith(("Dropout", "BatchNorm")):
+                x = layer.forward(x, train_flg)
+            else:
+                x = layer.forward(x)
+        return x
+
+    def loss(self, x, t, train_flg=False):
+        """The mean softmax-cross-entropy loss plus the weight-decay penalty."""
+        y = self.predict(x, train_flg)
+        return self._with_weight_decay(self.last_layer.forward(y, t))
+
+    def _parameter_keys(self):
+        """Parameter names in the book's order: ``W{i}``, ``b{i}``, ``gamma{i}``, ``beta{i}``."""
+        for idx in range(1, self.hidden_layer_num + 2):
+            yield idx, f"W{idx}", f"b{idx}"
+            if self.use_batchnorm and idx != self.hidden_layer_num + 1:
+                yield idx, f"gamma{idx}", f"beta{idx}"
+
+    def numerical_gradient(self, x, t):
+        """Gradients by central differences of the train-mode loss (slow). With dropout, every
+        loss evaluation draws new masks, as in the book: seed them to compare."""
+        def loss_W(W):
+            return self.loss(x, t, train_flg=True)
+
+        grads = {}
+        for _, *keys in self._parameter_keys():
+            for key in keys:
+                grads[key] = numerical_gradient(loss_W, self.params[key])
+        return grads
+
+    def gradient(self, x, t):
+        """Gradients by backprop of the train-mode loss, weight decay included."""
+        self._backprop(x, t, train_flg=True)
+        grads = {}
+        for idx, first, second in self._parameter_keys():
+            if first.startswith("W"):
+                grads[first], grads[second] = self._affine_gradients(idx)
+            else:
+                layer = self.layers[f"BatchNorm{idx}"]
+                grads[first], grads[second] = layer.dgamma, layer.dbeta
         return grads
 
 

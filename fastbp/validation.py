@@ -78,8 +78,10 @@ def float_inputs(names, *arrays, contiguous=False):
                                    for a, c in zip(arrays, checked, strict=True)])
         work = compute_dtype(out_dtype)
     if contiguous:
-        # asarray, not ascontiguousarray: the latter turns 0-d arrays into shape (1,)
-        converted = [np.asarray(c, dtype=work, order="C") for c in checked]
+        # asarray, not ascontiguousarray: the latter turns 0-d arrays into shape (1,). The
+        # check first, because asarray's keyword handling costs more than it (small layers).
+        converted = [c if c.dtype == work and c.flags.c_contiguous
+                     else np.asarray(c, dtype=work, order="C") for c in checked]
     else:
         converted = [np.asarray(c, dtype=work) for c in checked]
     return converted, out_dtype
@@ -362,6 +364,8 @@ def pool_geometry(x, pool_h, pool_w, stride, pad):
 
 def dropout_ratio(ratio):
     """Dropout's ``dropout_ratio``: a real number in [0, 1), returned as a Python float."""
+    if type(ratio) is float and 0.0 <= ratio < 1.0:  # the usual case, checked cheaply
+        return ratio
     if isinstance(ratio, bool) or np.ndim(ratio) != 0 or np.asarray(ratio).dtype.kind not in "iuf":
         raise TypeError(f"Dropout: dropout_ratio must be a real number; got {ratio!r}")
     r = float(ratio)
@@ -394,6 +398,8 @@ def feature_parameter(a, name, x_shape, d):
     """Check that ``gamma`` or ``beta`` fits ``d`` features: its shape broadcasts to (1, d)
     without growing, as ``gamma * xn`` does in the book ((d,) is the usual shape)."""
     shape = np.shape(a)
+    if shape == (d,):  # the usual case, without broadcast_shapes's cost
+        return
     try:
         fits = len(shape) <= 2 and np.broadcast_shapes(shape, (1, d)) == (1, d)
     except ValueError:
@@ -431,3 +437,16 @@ def filters_for_backward(W, w_shape):
 def bias_vector(b, fn):
     """A checked Convolution bias (see :func:`conv_geometry`) as a contiguous (FN,) vector."""
     return np.ascontiguousarray(np.broadcast_to(np.reshape(b, -1), (fn,)))
+
+
+def kernel_ready(*arrays):
+    """True when every argument is a C-contiguous ``ndarray`` of the first one's dtype, float32
+    or float64: what a kernel takes, with nothing to check or convert. A cheap test that lets
+    small layers skip :func:`float_inputs`."""
+    dtype = getattr(arrays[0], "dtype", None)
+    if dtype not in COMPUTE_DTYPES:
+        return False
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
+            return False
+    return True

@@ -14,31 +14,46 @@ does on a C-contiguous array), and the variance is the mean of squared deviation
 (two passes, as the book's ``np.mean(xc**2, axis=0)``). A column is always reduced by one thread,
 whole, so results are bit-identical at every thread count.
 
-Blocking: the threaded builds hand blocks of columns to threads. A block's width is chosen by
-the caller (:func:`column_block`) so that the block's rows stay in the L2 cache between the
-passes over them; each pass sweeps the rows of the block, and its inner loop runs over the
-block's contiguous part of one row, which LLVM vectorises. The width never changes a result.
+Blocking: the threaded builds hand blocks of columns to threads. Each pass sweeps the rows of a
+block, and its inner loop runs over the block's contiguous part of one row, which LLVM
+vectorises. The caller picks the width (:func:`column_block`): wide, because every row of a
+block costs a fixed setup, and a block is re-read from cache by the next pass. The width never
+changes a result.
 
 Neither kernel stores ``xc`` or ``xn``: the backward pass recomputes ``xn = (x - mean) * inv_std``
 from ``x``, with the same code as the forward pass, which saves two (N, D) writes per step.
 """
 
+import functools
+
+import numba
 import numpy as np
 from numba import prange
 
 from .jit import kernel, sized
 
-L2_BUDGET = 1 << 18
-"""Bytes of one column block per array read in a pass (256 KiB: two arrays fit a 1 MiB L2)."""
+BLOCK_BYTES = 1 << 20
+"""Bytes of one column block of one (N, D) array (1 MiB). Each pass sweeps a block row by row,
+and every row costs a fixed setup (slices, LLVM's alias checks) before its vectorised loop: the
+wider the block, the less that weighs. A block this size is re-read from L2 or L3 by the next
+pass, never from memory."""
+
+MIN_COLUMNS = 256
+"""The narrowest block (a 2 KiB run per float64 row), however many rows there are."""
 
 
 def column_block(n_rows, itemsize, n_cols):
-    """The width of a column block: the block of one array fits :data:`L2_BUDGET`.
+    """The width of a column block: about :data:`BLOCK_BYTES` per array, at least
+    :data:`MIN_COLUMNS`, and no wider than a fair share per thread, so that every thread gets a
+    block. Any width gives the same results."""
+    return _column_block(n_rows, itemsize, n_cols, numba.get_num_threads(), BLOCK_BYTES,
+                         MIN_COLUMNS)
 
-    At least 16 columns (a 128-byte contiguous run per row) and at most all of them; a multiple
-    of 16 otherwise. Any width gives the same results.
-    """
-    width = L2_BUDGET // max(1, n_rows * itemsize)
+
+@functools.lru_cache(maxsize=256)
+def _column_block(n_rows, itemsize, n_cols, threads, budget, narrowest):
+    width = max(narrowest, budget // max(1, n_rows * itemsize))
+    width = min(width, max(narrowest, -(-n_cols // threads)))
     width = max(16, width - width % 16)
     return max(1, min(n_cols, width))
 
@@ -91,6 +106,8 @@ def batchnorm_train_forward(x, gamma, beta, momentum, eps, block, running_mean, 
                             mean, inv_std, std, out):
     """Batch statistics, normalisation, scale and shift, and the running statistics, fused.
 
+    Every argument is validated and converted by the caller (shapes, dtypes, C order).
+
     Parameters
     ----------
     x : (N, D) array
@@ -131,7 +148,7 @@ def batchnorm_apply(x, mean, inv_std, gamma, beta, block, out):
 
     ``x`` is (N, D) and its size picks the serial or the threaded build; ``mean`` and
     ``inv_std`` are (D,) float64; ``gamma``, ``beta`` are (D,) in ``x``'s dtype. ``out`` (N, D)
-    is **written**.
+    is **written**. The caller validates every argument.
     """
     d = x.shape[1]
     for cb in prange((d + block - 1) // block):
@@ -152,21 +169,26 @@ def _block_backward(dout, x, lo, hi, mean, inv_std, gamma, batch_statistics, dx,
     for i in range(n):
         row = x[i, lo:hi]
         dr = dout[i, lo:hi]
+        # Two loops, not one: each writes one array, so LLVM's alias checks stay few enough
+        # for it to vectorise (one loop writing both sums stayed scalar).
         for j in range(w):
-            dv = np.float64(dr[j])
-            sum_d[j] += dv
-            sum_dxn[j] += dv * ((np.float64(row[j]) - m[j]) * s[j])
+            sum_d[j] += np.float64(dr[j])
+        for j in range(w):
+            sum_dxn[j] += np.float64(dr[j]) * ((np.float64(row[j]) - m[j]) * s[j])
     scale = np.empty(w)
     for j in range(w):
         dbeta[lo + j] = sum_d[j]
         dgamma[lo + j] = sum_dxn[j]
         scale[j] = np.float64(gamma[lo + j]) * s[j]
-        if batch_statistics:  # the means that dx subtracts (0 / 0 only where n is 0)
-            sum_d[j] = sum_d[j] / n
-            sum_dxn[j] = sum_dxn[j] / n
-        else:
-            sum_d[j] = 0.0
-            sum_dxn[j] = 0.0
+        sum_d[j] = sum_d[j] / n  # the means that dx subtracts (0 / 0 only where n is 0)
+        sum_dxn[j] = sum_dxn[j] / n
+    if not batch_statistics:  # fixed statistics: dx does not depend on x (nor on an inf in it)
+        for i in range(n):
+            dr = dout[i, lo:hi]
+            o = dx[i, lo:hi]
+            for j in range(w):
+                o[j] = scale[j] * np.float64(dr[j])
+        return
     for i in range(n):
         row = x[i, lo:hi]
         dr = dout[i, lo:hi]
@@ -191,7 +213,8 @@ def batchnorm_backward(dout, x, mean, inv_std, gamma, batch_statistics, block, d
 
     ``dout`` (N, D) picks the serial or the threaded build. ``x`` is (N, D) in ``dout``'s dtype;
     ``mean`` and ``inv_std`` are (D,) float64; ``gamma`` is (D,) in ``dout``'s dtype. ``dx``
-    (N, D), ``dgamma`` and ``dbeta`` ((D,), ``dout``'s dtype) are **written**.
+    (N, D), ``dgamma`` and ``dbeta`` ((D,), ``dout``'s dtype) are **written**. The caller
+    validates every argument.
     """
     d = x.shape[1]
     for cb in prange((d + block - 1) // block):

@@ -34,7 +34,7 @@ def dropout_forward(x, u, ratio, mask, out):
 
     ``x`` (its size picks the serial or the threaded build) and ``out`` have one float dtype;
     ``u`` is float64 (NumPy's uniform numbers) and ``ratio`` a float. ``mask`` (bool) and
-    ``out`` are **written**.
+    ``out`` are **written**. The caller validates every argument (same sizes, dtypes, C order).
     """
     n = x.size
     for b in prange((n + BLOCK - 1) // BLOCK):
@@ -54,7 +54,7 @@ def _backward_block(dout, mask, dx):
 @sized
 def dropout_backward(dout, mask, dx):
     """``dx = dout * mask``. ``dout`` (its size picks the build) and ``dx`` have one float
-    dtype, ``mask`` is bool; ``dx`` is **written**."""
+    dtype, ``mask`` is bool; ``dx`` is **written**. The caller validates every argument."""
     n = dout.size
     for b in prange((n + BLOCK - 1) // BLOCK):
         lo = b * BLOCK
@@ -71,7 +71,8 @@ def _scale_block(x, s, out):
 @sized
 def dropout_scale(x, s, out):
     """``out = x * s``: test mode, ``s = 1 - dropout_ratio`` in ``x``'s dtype. ``x`` (its size
-    picks the build) and ``out`` have one float dtype; ``out`` is **written**."""
+    picks the build) and ``out`` have one float dtype; ``out`` is **written**. The caller
+    validates every argument."""
     n = x.size
     for b in prange((n + BLOCK - 1) // BLOCK):
         lo = b * BLOCK

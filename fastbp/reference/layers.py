@@ -333,13 +333,14 @@ class Dropout:
     def forward(self, x, train_flg=True):
         ratio = v.dropout_ratio(self.dropout_ratio)
         xc, out_dtype = v.float_input(x)
-        if train_flg:
-            self.mask = dropout_uniforms(self.rng, xc.shape) > ratio
-            out = xc * self.mask
-            self._saved = (xc.shape, self.mask)
-        else:
-            out = xc * xc.dtype.type(1.0 - ratio)
-            self._saved = (xc.shape, 1.0 - ratio)
+        with np.errstate(invalid="ignore"):  # a dropped inf is inf * 0: NaN, without a warning
+            if train_flg:
+                self.mask = dropout_uniforms(self.rng, xc.shape) > ratio
+                out = xc * self.mask
+                self._saved = (xc.shape, self.mask)
+            else:
+                out = xc * xc.dtype.type(1.0 - ratio)
+                self._saved = (xc.shape, 1.0 - ratio)
         return v.as_result(out, out_dtype)
 
     def backward(self, dout):
@@ -347,9 +348,9 @@ class Dropout:
         shape, factor = self._saved
         dout = v.gradient_for(dout, shape, "Dropout")
         d, out_dtype = v.float_input(dout, "dout")
-        if isinstance(factor, float):
-            return v.as_result(d * d.dtype.type(factor), out_dtype)
-        return v.as_result(d * factor, out_dtype)
+        with np.errstate(invalid="ignore"):
+            dx = d * d.dtype.type(factor) if isinstance(factor, float) else d * factor
+        return v.as_result(dx, out_dtype)
 
 
 def running_statistics(layer, d, dtype, x_shape, train):
@@ -360,9 +361,16 @@ def running_statistics(layer, d, dtype, x_shape, train):
     given to the constructor, or assigned) is copied first and the copy becomes the attribute,
     so that no array the caller gave is ever written. In test mode they are only read.
     """
+    owned = layer._owned
+    mean, var = layer.running_mean, layer.running_var
+    if (mean is not None and mean is owned.get("running_mean") and var is owned.get("running_var")
+            and mean.shape == (d,) and mean.dtype == dtype and var.shape == (d,)
+            and var.dtype == dtype):
+        return mean, var  # the layer's own arrays, as the last pass left them: nothing to check
+    names = ("running_mean", "running_var")
+    checked = [v.running_statistic(getattr(layer, name), name, x_shape, d) for name in names]
     stats = []
-    for name in ("running_mean", "running_var"):
-        value = v.running_statistic(getattr(layer, name), name, x_shape, d)
+    for name, value in zip(names, checked, strict=True):
         owned = layer._owned.get(name)
         if value is None or (train and (value is not owned or value.dtype != dtype)):
             value = np.zeros(d, dtype) if value is None else np.array(value, dtype=dtype)
@@ -431,8 +439,9 @@ class BatchNormalization:
         dtype = xc.dtype
         running_mean, running_var = running_statistics(self, d, dtype, x.shape, train_flg)
         self.input_shape = x.shape
-        # An empty batch: the mean of nothing is NaN (0 / 0), without numpy.mean's warning.
-        with np.errstate(invalid="ignore", divide="ignore"):
+        # No warnings, as the kernels give none: an empty batch's mean is NaN (0 / 0, without
+        # numpy.mean's warning), and inf in a feature gives NaN (inf - inf, 0 * inf).
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             if train_flg:
                 mu = np.sum(xc, axis=0) / n
                 xc = xc - mu
@@ -449,7 +458,7 @@ class BatchNormalization:
                 xc = xc - np.asarray(running_mean, dtype=dtype)
                 std = np.sqrt(np.asarray(running_var, dtype=dtype) + BATCHNORM_EPS)
                 xn = xc / std
-        out = gamma * xn + beta
+            out = gamma * xn + beta
         self._saved = (train_flg, x.shape, xc, xn, std, out_dtype)
         return v.as_result(out, out_dtype).reshape(x.shape)
 
@@ -464,12 +473,12 @@ class BatchNormalization:
         out_dtype = np.promote_types(out_dtype, fwd_dtype)
         work = v.compute_dtype(out_dtype)
         dout, gamma, xc, xn, std = (np.asarray(a, dtype=work) for a in (dout, gamma, xc, xn, std))
-        dbeta = dout.sum(axis=0)
-        dgamma = np.sum(xn * dout, axis=0)
-        dxn = gamma * dout
-        dxc = dxn / std
-        if train:
-            with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            dbeta = dout.sum(axis=0)
+            dgamma = np.sum(xn * dout, axis=0)
+            dxn = gamma * dout
+            dxc = dxn / std
+            if train:
                 dstd = -np.sum((dxn * xc) / (std * std), axis=0)
                 dvar = 0.5 * dstd / std
                 dxc += (2.0 / max(n, 1)) * xc * dvar  # n = 0: dxc is empty, the factor unused
