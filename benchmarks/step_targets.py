@@ -48,7 +48,7 @@ def steps(target):
 
     from fastbp.bench import (
         _torch_available,
-        _torch_case,
+        torch_case,
         book_training_step,
         time_interleaved,
         training_step,
@@ -62,8 +62,8 @@ def steps(target):
                      "book on ref": book_training_step("reference", size, dtype),
                      "book on kernel": book_training_step("kernel", size, dtype)}
             if _torch_available():
-                cases["torch"] = _torch_case("step", size, np.dtype(dtype),
-                                             np.random.default_rng(0))
+                cases["torch"] = torch_case("step", size, np.dtype(dtype),
+                                            np.random.default_rng(0))
             times = dict(zip(cases, time_interleaved(list(cases.values()), target=target),
                              strict=True))
             row = {"dtype": dtype, "shape": name,

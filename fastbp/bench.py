@@ -3,8 +3,12 @@
 Every case is timed in one process with the backends interleaved (reference, kernel, torch,
 reference, kernel, torch, ...), so that a machine whose load changes hurts them alike; the
 printed time is the median over the repeats. A case is one forward and one backward through
-the layer object, as a user calls them, or one training step of the book's ``TwoLayerNet``
-(batch 100, 784-50-10, SGD with in-place updates) as ``fastbp train`` runs it.
+the layer object, as a user calls them, or one training step (SGD with in-place updates) of a
+network: the book's ``TwoLayerNet`` (``step``: batch 100, 784-50-10), ``SimpleConvNet``
+(``simpleconv``) and ``DeepConvNet`` (``deepconv``) from :mod:`fastbp.nets` on a batch of 100
+MNIST-sized images, and ``dropin``: a SimpleConvNet written as the book writes it (layers in an
+OrderedDict, backward through every layer, the first convolution's ``dx`` included) on
+:mod:`fastbp.layers` against the same class on :mod:`fastbp.reference.layers`.
 
 Ratios: ``ref/kernel`` and ``torch/kernel`` (above 1: the kernels are faster). ``roofline`` is the
 kernel alone (outputs allocated once, so no page faults) against this machine's measured limit:
@@ -45,8 +49,12 @@ SIZES = {  # shared with the asv suite (benchmarks/): one table for both
     "affine": {"book": (100, 784, 50), "medium": (256, 1024, 1000),
                "large": (4096, 4096, 1000)},
     "step": {"book": (100, 784, 50, 10)},
+    "simpleconv": {"book": (100, 1, 28, 28)},
+    "deepconv": {"book": (100, 1, 28, 28)},
+    "dropin": {"book": (100, 1, 28, 28)},
 }
-LAYERS = ("relu", "sigmoid", "softmax", "affine", "step")
+LAYERS = ("relu", "sigmoid", "softmax", "affine", "step", "simpleconv", "deepconv", "dropin")
+NET_CASES = ("step", "simpleconv", "deepconv", "dropin")
 
 LOAD_CHANGE_CORES = 0.5
 """Cores of other processes' CPU use: a spread larger than this between the rows of one run
@@ -167,6 +175,143 @@ def book_training_step(backend, size, dtype, seed=1):
         grads = gradient(x, t)
         for key in ("W1", "b1", "W2", "b2"):
             net.params[key] -= lr * grads[key]
+    return run
+
+
+CONV_LR = 0.01
+"""The SGD learning rate of the convolutional training steps."""
+
+
+def convnet_step(backend, net, size, dtype, seed=1):
+    """One SGD step of :class:`fastbp.nets.SimpleConvNet` (``net="simpleconv"``, the book's
+    defaults) or :class:`fastbp.nets.DeepConvNet` (``"deepconv"``) built on ``backend``, on a
+    fixed batch of ``size`` (N, C, H, W) images: ``params[k] -= lr * grads[k]``, as the book."""
+    import numpy as np
+
+    from fastbp.nets import DeepConvNet, SimpleConvNet
+
+    n = size[0]
+    rng = np.random.default_rng(seed)
+    x = rng.random(size).astype(dtype)
+    t = rng.integers(0, 10, n)
+    cls = {"simpleconv": SimpleConvNet, "deepconv": DeepConvNet}[net]
+    model = cls(input_dim=size[1:], backend=backend, rng=0, dtype=dtype)
+    lr = np.dtype(dtype).type(CONV_LR)
+
+    def run():
+        grads = model.gradient(x, t)
+        for key in model.params:
+            model.params[key] -= lr * grads[key]
+    return run
+
+
+def book_simple_convnet_step(module, size, dtype, seed=1):
+    """One SGD step of a SimpleConvNet written as the book writes it (``ch07/simple_convnet.py``)
+    over the layer classes of ``module``: the drop-in case, where nothing but the import changes.
+    Its backward runs through every layer, the first convolution's ``dx`` included."""
+    from collections import OrderedDict
+
+    import numpy as np
+
+    class BookSimpleConvNet:
+        def __init__(self, input_dim, rng):
+            filter_num, filter_size = 30, 5
+            conv_size = input_dim[1] - filter_size + 1
+            pool_size = filter_num * (conv_size // 2) * (conv_size // 2)
+            self.params = {
+                "W1": 0.01 * rng.standard_normal((filter_num, input_dim[0], filter_size,
+                                                  filter_size)),
+                "b1": np.zeros(filter_num),
+                "W2": 0.01 * rng.standard_normal((pool_size, 100)),
+                "b2": np.zeros(100),
+                "W3": 0.01 * rng.standard_normal((100, 10)),
+                "b3": np.zeros(10),
+            }
+            self.params = {k: v.astype(dtype) for k, v in self.params.items()}
+            self.layers = OrderedDict()
+            self.layers["Conv1"] = module.Convolution(self.params["W1"], self.params["b1"], 1, 0)
+            self.layers["Relu1"] = module.Relu()
+            self.layers["Pool1"] = module.Pooling(pool_h=2, pool_w=2, stride=2)
+            self.layers["Affine1"] = module.Affine(self.params["W2"], self.params["b2"])
+            self.layers["Relu2"] = module.Relu()
+            self.layers["Affine2"] = module.Affine(self.params["W3"], self.params["b3"])
+            self.last_layer = module.SoftmaxWithLoss()
+
+        def predict(self, x):
+            for layer in self.layers.values():
+                x = layer.forward(x)
+            return x
+
+        def loss(self, x, t):
+            return self.last_layer.forward(self.predict(x), t)
+
+        def gradient(self, x, t):
+            self.loss(x, t)
+            dout = self.last_layer.backward(1)
+            layers = list(self.layers.values())
+            layers.reverse()
+            for layer in layers:
+                dout = layer.backward(dout)
+            grads = {}
+            grads["W1"], grads["b1"] = self.layers["Conv1"].dW, self.layers["Conv1"].db
+            grads["W2"], grads["b2"] = self.layers["Affine1"].dW, self.layers["Affine1"].db
+            grads["W3"], grads["b3"] = self.layers["Affine2"].dW, self.layers["Affine2"].db
+            return grads
+
+    rng = np.random.default_rng(seed)
+    x = rng.random(size).astype(dtype)
+    t = rng.integers(0, 10, size[0])
+    network = BookSimpleConvNet(size[1:], np.random.default_rng(0))
+    lr = np.dtype(dtype).type(CONV_LR)
+
+    def run():
+        grads = network.gradient(x, t)
+        for key in ("W1", "b1", "W2", "b2", "W3", "b3"):
+            network.params[key] -= lr * grads[key]
+    return run
+
+
+def _torch_convnet(name, size, torch):
+    """The PyTorch twin of SimpleConvNet or DeepConvNet (the book's layer sizes)."""
+    nn = torch.nn
+    c, h = size[1], size[2]
+    if name == "deepconv":
+        def conv(c_in, c_out, pad=1):
+            return [nn.Conv2d(c_in, c_out, 3, padding=pad), nn.ReLU()]
+
+        return nn.Sequential(
+            *conv(c, 16), *conv(16, 16), nn.MaxPool2d(2, 2),
+            *conv(16, 32), *conv(32, 32, pad=2), nn.MaxPool2d(2, 2),
+            *conv(32, 64), *conv(64, 64), nn.MaxPool2d(2, 2),
+            nn.Flatten(), nn.Linear(64 * 4 * 4, 50), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(50, 10), nn.Dropout(0.5))
+    pooled = (h - 5 + 1) // 2
+    return nn.Sequential(nn.Conv2d(c, 30, 5), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Flatten(),
+                         nn.Linear(30 * pooled * pooled, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+def torch_convnet_step(name, size, dtype, seed=1):
+    """One SGD step of the PyTorch twin of ``name`` ("simpleconv", "dropin" or "deepconv"):
+    ``nn.Conv2d``, ``MaxPool2d``, ``Linear``, autograd, eager, in train mode. The images need
+    no gradient, as in fastbp's nets."""
+    import numpy as np
+    import torch
+
+    tdtype = {"float32": torch.float32, "float64": torch.float64}[str(np.dtype(dtype))]
+    torch.manual_seed(0)
+    model = _torch_convnet(name, size, torch).to(tdtype).train()
+    rng = np.random.default_rng(seed)
+    x = torch.tensor(rng.random(size), dtype=tdtype)
+    t = torch.tensor(rng.integers(0, 10, size[0]))
+    params = list(model.parameters())
+
+    def run():
+        for p in params:
+            p.grad = None
+        torch.nn.functional.cross_entropy(model(x), t).backward()
+        with torch.no_grad():
+            for p in params:
+                p -= CONV_LR * p.grad
     return run
 
 
@@ -380,10 +525,17 @@ def run_case(name, size_name, dtype, target, use_torch):
         rng = np.random.default_rng(0)
         if name == "step":
             funcs.append(training_step(label, size, dtype))
+        elif name == "dropin":
+            funcs.append(book_simple_convnet_step(module, size, dtype))
+        elif name in ("simpleconv", "deepconv"):
+            funcs.append(convnet_step(label, name, size, dtype))
         else:
             funcs.append(_layer_case(name, module, size, dtype, rng))
         names.append(label)
-    if use_torch:
+    if use_torch and name in ("simpleconv", "deepconv", "dropin"):
+        funcs.append(torch_convnet_step(name, size, dtype))
+        names.append("torch")
+    elif use_torch:
         funcs.append(torch_case(name, size, dtype, np.random.default_rng(0)))
         names.append("torch")
     times = dict(zip(names, time_interleaved(funcs, target=target), strict=True))
@@ -637,7 +789,7 @@ def _run(args, sizes, cases, dtypes, use_torch, blas_threads):
                     flops = 6 * np.prod(SIZES[name][size_name])
                     record["roofline"] = {"fwd+bwd vs BLAS": flops / record["seconds"]
                                           ["kernel"] / rate}
-                elif name == "step":
+                elif name in NET_CASES:
                     record["roofline"] = None
                     record["roofline_note"] = ("a whole training step: no single limit to "
                                                "compare with")
@@ -705,7 +857,7 @@ def _row(r):
     if r.get("roofline"):
         roof = "  ".join(f"{k} {v * 100:.0f}%" for k, v in r["roofline"].items())
     elif r.get("roofline_note"):
-        roof = ROOFLINE_NOTES["step" if r["case"] == "step" else "cache"]
+        roof = ROOFLINE_NOTES["step" if r["case"] in NET_CASES else "cache"]
     torch_ratio = f"{r['torch/kernel']:.2f}x" if "torch/kernel" in r else "-"
     others = r.get("others_cores")
     others = "-" if others is None else f"{others:.2f}"

@@ -1,17 +1,19 @@
-"""The book's networks: ``ch05/two_layer_net.py``, ``common/multi_layer_net.py`` and
-``common/multi_layer_net_extend.py``.
+"""The book's networks: ``ch05/two_layer_net.py``, ``common/multi_layer_net.py``,
+``common/multi_layer_net_extend.py``, ``ch07/simple_convnet.py`` and ``ch08/deep_convnet.py``.
 
 Same constructors, attributes and methods as the book, built from :mod:`fastbp.layers`
 (``backend="kernel"``) or :mod:`fastbp.reference.layers` (``backend="reference"``); the code is
 the same for both, only the layer module differs. The layers hold *references* to the arrays in
 ``params``, so an optimizer that updates ``params`` in place moves the network.
 
-Beyond the book's arguments, both take ``rng`` (a ``numpy.random.Generator`` or a seed; the
+Beyond the book's arguments, all take ``rng`` (a ``numpy.random.Generator`` or a seed; the
 default draws from NumPy's global state, like the book) and ``dtype`` (float64, or float32 for
 faster training).
 """
 
 import numbers
+import os
+import pickle
 from collections import OrderedDict
 
 import numpy as np
@@ -19,7 +21,8 @@ import numpy as np
 from fastbp.backends import BACKENDS, layer_module
 from fastbp.gradient import numerical_gradient
 
-__all__ = ["BACKENDS", "MultiLayerNet", "MultiLayerNetExtend", "TwoLayerNet", "layer_module"]
+__all__ = ["BACKENDS", "DeepConvNet", "MultiLayerNet", "MultiLayerNetExtend", "SimpleConvNet",
+           "TwoLayerNet", "layer_module"]
 
 
 def _standard_normal(rng, shape):
@@ -373,3 +376,385 @@ class MultiLayerNetExtend(MultiLayerNet):
                 layer = self.layers[f"BatchNorm{idx}"]
                 grads[first], grads[second] = layer.dgamma, layer.dbeta
         return grads
+
+
+# --- chapters 7 and 8: the convolutional networks -------------------------------------------
+
+
+def _input_dim(input_dim):
+    """``(C, H, W)`` as three positive ints, or ValueError."""
+    try:
+        dims = tuple(int(d) for d in input_dim)
+    except (TypeError, ValueError):
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1 or dims != tuple(input_dim):
+        raise ValueError(f"input_dim must be (channels, height, width), three positive ints; "
+                         f"got {input_dim!r}")
+    return dims
+
+
+def _conv_output_size(size, filter_size, stride, pad, where):
+    """The output size of a convolution layer, as the layers compute it (the floor of the book's
+    ``conv_output_size``), or ValueError naming the layer and the sizes."""
+    if stride < 1 or pad < 0 or filter_size < 1:
+        raise ValueError(f"{where}: filter_size and stride must be at least 1 and pad at least "
+                         f"0; got filter_size {filter_size}, stride {stride}, pad {pad}")
+    if filter_size > size + 2 * pad:
+        raise ValueError(f"{where}: a filter of {filter_size} does not fit a map of {size} "
+                         f"padded by {pad}")
+    return (size + 2 * pad - filter_size) // stride + 1
+
+
+def _pool_output_size(size, where):
+    """The output size of the nets' 2x2, stride-2 pooling (an odd last row is left out)."""
+    if size < 2:
+        raise ValueError(f"{where}: 2x2 pooling needs a map of at least 2x2; the map here is "
+                         f"{size} wide")
+    return size // 2
+
+
+class _ConvNet:
+    """What both convolutional nets share: accuracy in batches, backprop, and the book's pickles.
+
+    A subclass sets ``params``, ``layers``, ``last_layer``, ``input_dim`` and ``_param_layers``
+    (the layers that hold ``W1``/``b1``, ``W2``/``b2``, ... in order).
+    """
+
+    def _check_images(self, x):
+        shape = np.shape(x)
+        if len(shape) != 4 or tuple(shape[1:]) != self.input_dim:
+            dims = ", ".join(map(str, self.input_dim))
+            hint = ""
+            if len(shape) == 2 and shape[1] == int(np.prod(self.input_dim)):
+                hint = f" (reshape flat images with x.reshape(-1, {dims}))"
+            raise ValueError(f"{type(self).__name__} takes images of shape (N, {dims}); got "
+                             f"{shape}{hint}")
+
+    def _layer_list(self):
+        return list(self.layers.values()) if isinstance(self.layers, dict) else list(self.layers)
+
+    def accuracy(self, x, t, batch_size=100):
+        """The fraction of images whose arg-max logit is the label (``t``: labels or one-hot),
+        predicted ``batch_size`` images at a time.
+
+        Every image counts. (The book's loop leaves out the last ``len(x) % batch_size`` images
+        but still divides by ``len(x)``.)
+        """
+        t = np.asarray(t)
+        if t.ndim != 1:
+            t = np.argmax(t, axis=1)
+        n = np.shape(x)[0]
+        if t.shape[0] != n:
+            raise ValueError(f"x holds {n} images but t holds {t.shape[0]} labels")
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        hits = 0
+        for lo in range(0, n, int(batch_size)):
+            y = self.predict(x[lo:lo + batch_size])
+            hits += int(np.sum(np.argmax(y, axis=1) == t[lo:lo + batch_size]))
+        return hits / n if n else float("nan")
+
+    def gradient(self, x, t):
+        """Gradients by backprop: a dict ``W1``, ``b1``, ... of the layers' ``dW`` and ``db``.
+
+        The first Convolution computes no ``dx``: nothing needs the gradient of the images.
+        """
+        self.loss(x, t)
+        dout = self.last_layer.backward(1)
+        layers = self._layer_list()
+        for layer in reversed(layers[1:]):
+            dout = layer.backward(dout)
+        _backward_without_dx(layers[0], dout)
+        grads = {}
+        for idx, layer in enumerate(self._param_layers, start=1):
+            grads[f"W{idx}"], grads[f"b{idx}"] = layer.dW, layer.db
+        return grads
+
+    def save_params(self, file_name="params.pkl"):
+        """Pickle ``params`` as the book does: a dict of float64 arrays keyed ``W1``..``bN``.
+
+        A float32 net saves float64 copies (exact), so the file reads the same as the book's.
+        """
+        params = {key: np.array(val, dtype=np.float64) for key, val in self.params.items()}
+        with open(file_name, "wb") as f:
+            pickle.dump(params, f)
+
+    def load_params(self, file_name="params.pkl"):
+        """Load a pickle written by :meth:`save_params` or by the book's code (its published
+        trained weights included) and rebind the layers' ``W`` and ``b`` to the new arrays.
+
+        The arrays are cast to the net's dtype. Nothing changes unless every key is there with
+        the right shape. Unpickling runs code from the file: load only files you trust.
+
+        Raises
+        ------
+        ValueError
+            A key is missing or unexpected, or an array has the wrong shape; the message names
+            the key and both shapes.
+        TypeError
+            The file does not hold a dict, or a value is not an array of real numbers.
+        """
+        with open(file_name, "rb") as f:
+            loaded = pickle.load(f)
+        params = self._checked_params(loaded, os.fspath(file_name))
+        self.params.update(params)
+        for idx, layer in enumerate(self._param_layers, start=1):
+            layer.W = self.params[f"W{idx}"]
+            layer.b = self.params[f"b{idx}"]
+
+    def _checked_params(self, loaded, source):
+        name = type(self).__name__
+        if not isinstance(loaded, dict):
+            raise TypeError(f"{source}: holds a {type(loaded).__name__}, not the dict of arrays "
+                            f"keyed {', '.join(self.params)} that {name} needs")
+        for key, want in self.params.items():
+            if key not in loaded:
+                raise ValueError(f"{source}: no {key!r}; {name} needs {key} of shape "
+                                 f"{want.shape}")
+        extra = [key for key in loaded if key not in self.params]
+        if extra:
+            raise ValueError(f"{source}: unexpected keys {extra}; {name} has "
+                             f"{list(self.params)}")
+        params = {}
+        for key, want in self.params.items():
+            value = np.asarray(loaded[key])
+            if value.dtype.kind not in "fiu":
+                raise TypeError(f"{source}: {key!r} is an array of {value.dtype}, not of real "
+                                "numbers")
+            if value.shape != want.shape:
+                raise ValueError(f"{source}: {key!r} has shape {value.shape}; {name}'s {key} "
+                                 f"has shape {want.shape}")
+            params[key] = np.array(value, dtype=want.dtype, order="C")
+        return params
+
+
+def _backward_without_dx(conv, dout):
+    """``conv.backward(dout)`` for ``dW`` and ``db`` only: the first layer's ``dx`` is unused.
+
+    The Convolution's ``need_dx`` is switched off for this one call and restored after, so the
+    layer still returns ``dx`` to anyone who calls its ``backward`` directly.
+    """
+    saved = conv.need_dx
+    conv.need_dx = False
+    try:
+        conv.backward(dout)
+    finally:
+        conv.need_dx = saved
+
+
+class SimpleConvNet(_ConvNet):
+    """conv - relu - pool - affine - relu - affine - softmax: the book's ``ch07/simple_convnet.py``.
+
+    Parameters
+    ----------
+    input_dim : (int, int, int)
+        ``(channels, height, width)`` of the images.
+    conv_param : dict
+        ``filter_num``, ``filter_size``, ``pad`` and ``stride`` of the convolution.
+    hidden_size, output_size : int
+        The widths of the hidden and the output Affine layers.
+    weight_init_std : float
+        The standard deviation of the initial weights; biases start at 0.
+    backend, rng, dtype
+        As for :class:`TwoLayerNet`.
+
+    Attributes
+    ----------
+    params : dict
+        ``W1`` (filter_num, C, filter_size, filter_size), ``b1``, ``W2``, ``b2``, ``W3``, ``b3``,
+        shared with the layers.
+    layers : OrderedDict
+        ``Conv1``, ``Relu1``, ``Pool1`` (2x2, stride 2), ``Affine1``, ``Relu2``, ``Affine2``.
+    last_layer : SoftmaxWithLoss
+
+    Notes
+    -----
+    The sizes are computed as the layers compute them (rows that no window reaches are left
+    out), so ``W2`` fits whatever the convolution's output size; the book's formula for ``W2``
+    only holds where that size is even. A filter larger than the padded image is an error that
+    names the sizes.
+    """
+
+    def __init__(self, input_dim=(1, 28, 28),
+                 conv_param={"filter_num": 30, "filter_size": 5,  # noqa: B006 (the book's; read only)
+                             "pad": 0, "stride": 1},
+                 hidden_size=100, output_size=10, weight_init_std=0.01, *, backend="kernel",
+                 rng=None, dtype=np.float64):
+        L = layer_module(backend)
+        dtype = _float_dtype(dtype)
+        rng = _generator(rng)
+        self.backend = backend
+        self.input_dim = _input_dim(input_dim)
+        channels, height, width = self.input_dim
+        filter_num = conv_param["filter_num"]
+        filter_size = conv_param["filter_size"]
+        filter_pad = conv_param["pad"]
+        filter_stride = conv_param["stride"]
+        conv_h = _conv_output_size(height, filter_size, filter_stride, filter_pad, "Conv1")
+        conv_w = _conv_output_size(width, filter_size, filter_stride, filter_pad, "Conv1")
+        pool_output_size = (filter_num * _pool_output_size(conv_h, "Pool1")
+                            * _pool_output_size(conv_w, "Pool1"))
+
+        def weights(shape):
+            return (weight_init_std * _standard_normal(rng, shape)).astype(dtype)
+
+        self.params = {}
+        self.params["W1"] = weights((filter_num, channels, filter_size, filter_size))
+        self.params["b1"] = np.zeros(filter_num, dtype=dtype)
+        self.params["W2"] = weights((pool_output_size, hidden_size))
+        self.params["b2"] = np.zeros(hidden_size, dtype=dtype)
+        self.params["W3"] = weights((hidden_size, output_size))
+        self.params["b3"] = np.zeros(output_size, dtype=dtype)
+
+        self.layers = OrderedDict()
+        self.layers["Conv1"] = L.Convolution(self.params["W1"], self.params["b1"],
+                                             filter_stride, filter_pad)
+        self.layers["Relu1"] = L.Relu()
+        self.layers["Pool1"] = L.Pooling(pool_h=2, pool_w=2, stride=2)
+        self.layers["Affine1"] = L.Affine(self.params["W2"], self.params["b2"])
+        self.layers["Relu2"] = L.Relu()
+        self.layers["Affine2"] = L.Affine(self.params["W3"], self.params["b3"])
+        self.last_layer = L.SoftmaxWithLoss()
+
+    @property
+    def _param_layers(self):
+        return (self.layers["Conv1"], self.layers["Affine1"], self.layers["Affine2"])
+
+    def predict(self, x):
+        """The logits of images ``x`` of shape (N, C, H, W)."""
+        self._check_images(x)
+        for layer in self.layers.values():
+            x = layer.forward(x)
+        return x
+
+    def loss(self, x, t):
+        """The mean softmax-cross-entropy loss of the batch."""
+        y = self.predict(x)
+        return self.last_layer.forward(y, t)
+
+    def numerical_gradient(self, x, t):
+        """Gradients by central differences (slow: two forward passes per parameter element)."""
+        def loss_w(w):
+            return self.loss(x, t)
+
+        return {key: numerical_gradient(loss_w, self.params[key]) for key in self.params}
+
+
+_DEEP_CONV_PARAMS = (
+    {"filter_num": 16, "filter_size": 3, "pad": 1, "stride": 1},
+    {"filter_num": 16, "filter_size": 3, "pad": 1, "stride": 1},
+    {"filter_num": 32, "filter_size": 3, "pad": 1, "stride": 1},
+    {"filter_num": 32, "filter_size": 3, "pad": 2, "stride": 1},
+    {"filter_num": 64, "filter_size": 3, "pad": 1, "stride": 1},
+    {"filter_num": 64, "filter_size": 3, "pad": 1, "stride": 1},
+)
+
+
+class DeepConvNet(_ConvNet):
+    """The book's ``ch08/deep_convnet.py``: six 3x3 convolutions, three poolings, dropout.
+
+    conv - relu - conv - relu - pool (three times), affine - relu - dropout - affine - dropout -
+    softmax.
+
+    Parameters
+    ----------
+    input_dim : (int, int, int)
+        ``(channels, height, width)``; the book's net is built for MNIST's (1, 28, 28).
+    conv_param_1, ..., conv_param_6 : dict
+        ``filter_num``, ``filter_size``, ``pad`` and ``stride`` of each convolution.
+    hidden_size, output_size : int
+    backend, rng, dtype
+        As for :class:`TwoLayerNet`. ``rng`` draws the weights and then the Dropout masks, so a
+        seed repeats a whole training run. Without it both come from NumPy's global state, as
+        in the book (``np.random.seed`` repeats them).
+
+    Attributes
+    ----------
+    params : dict
+        ``W1``..``W8`` and ``b1``..``b8``, shared with the layers.
+    layers : list
+        The book's list of 20 layers; ``W1``..``W8`` live in layers 0, 2, 5, 7, 10, 12, 15, 18.
+    last_layer : SoftmaxWithLoss
+
+    Notes
+    -----
+    The weights are He-initialised, ``sqrt(2 / fan_in)``, as in the book. The book writes the
+    fan-ins out for its default arguments (``1*3*3, 16*3*3, ..., 64*4*4, hidden_size``); here
+    they are computed from the arguments, which gives the book's numbers for its defaults, and
+    so is the input width of ``W7`` (the book's ``64*4*4``). A filter larger than its padded map
+    is an error that names the sizes.
+    """
+
+    _PARAM_LAYER_INDEXES = (0, 2, 5, 7, 10, 12, 15, 18)
+
+    def __init__(self, input_dim=(1, 28, 28),
+                 conv_param_1=_DEEP_CONV_PARAMS[0], conv_param_2=_DEEP_CONV_PARAMS[1],
+                 conv_param_3=_DEEP_CONV_PARAMS[2], conv_param_4=_DEEP_CONV_PARAMS[3],
+                 conv_param_5=_DEEP_CONV_PARAMS[4], conv_param_6=_DEEP_CONV_PARAMS[5],
+                 hidden_size=50, output_size=10, *, backend="kernel", rng=None,
+                 dtype=np.float64):
+        L = layer_module(backend)
+        dtype = _float_dtype(dtype)
+        rng = _generator(rng)
+        self.backend = backend
+        self.input_dim = _input_dim(input_dim)
+        conv_params = (conv_param_1, conv_param_2, conv_param_3, conv_param_4, conv_param_5,
+                       conv_param_6)
+        self._dropout = L.Dropout
+
+        self.params = {}
+        channels, height, width = self.input_dim
+        for idx, cp in enumerate(conv_params, start=1):
+            where = f"conv_param_{idx}"
+            size = cp["filter_size"]
+            height = _conv_output_size(height, size, cp["stride"], cp["pad"], where)
+            width = _conv_output_size(width, size, cp["stride"], cp["pad"], where)
+            if idx % 2 == 0:
+                where = f"the pooling after conv_param_{idx}"
+                height = _pool_output_size(height, where)
+                width = _pool_output_size(width, where)
+            scale = np.sqrt(2.0 / (channels * size * size))
+            self.params[f"W{idx}"] = (scale * _standard_normal(
+                rng, (cp["filter_num"], channels, size, size))).astype(dtype)
+            self.params[f"b{idx}"] = np.zeros(cp["filter_num"], dtype=dtype)
+            channels = cp["filter_num"]
+        flat = channels * height * width
+        self.params["W7"] = (np.sqrt(2.0 / flat)
+                             * _standard_normal(rng, (flat, hidden_size))).astype(dtype)
+        self.params["b7"] = np.zeros(hidden_size, dtype=dtype)
+        self.params["W8"] = (np.sqrt(2.0 / hidden_size)
+                             * _standard_normal(rng, (hidden_size, output_size))).astype(dtype)
+        self.params["b8"] = np.zeros(output_size, dtype=dtype)
+
+        self.layers = []
+        for idx, cp in enumerate(conv_params, start=1):
+            self.layers.append(L.Convolution(self.params[f"W{idx}"], self.params[f"b{idx}"],
+                                             cp["stride"], cp["pad"]))
+            self.layers.append(L.Relu())
+            if idx % 2 == 0:
+                self.layers.append(L.Pooling(pool_h=2, pool_w=2, stride=2))
+        self.layers.append(L.Affine(self.params["W7"], self.params["b7"]))
+        self.layers.append(L.Relu())
+        self.layers.append(L.Dropout(0.5, rng=rng))
+        self.layers.append(L.Affine(self.params["W8"], self.params["b8"]))
+        self.layers.append(L.Dropout(0.5, rng=rng))
+        self.last_layer = L.SoftmaxWithLoss()
+
+    @property
+    def _param_layers(self):
+        return tuple(self.layers[i] for i in self._PARAM_LAYER_INDEXES)
+
+    def predict(self, x, train_flg=False):
+        """The logits of images ``x`` (N, C, H, W); ``train_flg`` switches Dropout to training."""
+        self._check_images(x)
+        for layer in self.layers:
+            if isinstance(layer, self._dropout):
+                x = layer.forward(x, train_flg)
+            else:
+                x = layer.forward(x)
+        return x
+
+    def loss(self, x, t):
+        """The mean softmax-cross-entropy loss, with Dropout in training mode (as the book)."""
+        y = self.predict(x, train_flg=True)
+        return self.last_layer.forward(y, t)

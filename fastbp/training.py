@@ -1,12 +1,13 @@
 """``fastbp train``: the book's chapter-5 training job (``ch05/train_neuralnet.py``), fast.
 
-It trains a :class:`~fastbp.nets.TwoLayerNet` on scikit-learn's 8x8 digits (or on MNIST from
-local files) with mini-batch gradient descent, prints the train and test accuracy as it goes
-(every epoch, or about ten lines where the output is not a terminal: ``--progress``) and a
-summary at the end. With ``--json`` the standard output is one JSON document and nothing else;
-the lines for people go to the standard error. ``--compare`` trains the kernel and the
-reference backends from the same seed, epoch by epoch in turn so that both see the same machine
-load, and reports the speedup and whether the test accuracies agree.
+It trains a :class:`~fastbp.nets.TwoLayerNet` (or, with ``--net``, a ``MultiLayerNet``, a
+``SimpleConvNet`` or a ``DeepConvNet``) on scikit-learn's 8x8 digits (or on MNIST from local
+files) with mini-batch gradient descent, prints the train and test accuracy as it goes (every
+epoch, or about ten lines where the output is not a terminal: ``--progress``) and a summary at
+the end. With ``--json`` the standard output is one JSON document and nothing else; the lines
+for people go to the standard error. ``--compare`` trains the kernel and the reference backends
+from the same seed, epoch by epoch in turn so that both see the same machine load, and reports
+the speedup and whether the test accuracies agree.
 
 Only NumPy and fastbp are imported at the top: ``fastbp --help`` imports this module. tqdm,
 matplotlib and scikit-learn are imported when they are needed.
@@ -23,10 +24,11 @@ import time
 
 import numpy as np
 
-from fastbp.nets import BACKENDS, TwoLayerNet
+from fastbp.nets import BACKENDS, DeepConvNet, MultiLayerNet, SimpleConvNet, TwoLayerNet
 from fastbp.optim import OPTIMIZERS
 
-__all__ = ["DEFAULT_LR", "TrainingRun", "add_arguments", "load_data", "run"]
+__all__ = ["DEFAULT_LR", "NET_DEFAULTS", "TrainingRun", "add_arguments", "build_net", "load_data",
+           "run"]
 
 DEFAULT_LR = {
     "sgd": 0.1,
@@ -52,6 +54,32 @@ EVAL_ROWS = 2048
 """Rows per forward pass when measuring accuracy, so MNIST's 60000 rows need no 60000-row
 intermediates."""
 
+NET_DEFAULTS = {
+    "two": dict(hidden=DEFAULTS["hidden"], epochs=DEFAULTS["epochs"],
+                optimizer=DEFAULTS["optimizer"], lr=None, eval_rows=EVAL_ROWS),
+    "multi": dict(hidden=100, epochs=100, optimizer="sgd", lr=None, eval_rows=EVAL_ROWS),
+    # The book's ch07/train_convnet.py and ch08/train_deepnet.py: Adam, 20 epochs, batch 100,
+    # lr 0.001. SimpleConvNet gets lr 0.007: the book's 0.001 needs many epochs of 60,000 images
+    # to leave the plateau of its 0.01 initial weights (0.90-0.91 test accuracy after 2 epochs of
+    # an 8,000-image MNIST split, seeds 0-2), 0.007 gives 0.965-0.970 there (seeds 0-3).
+    # Their column matrices are large: evaluate a few hundred images at a time.
+    "simpleconv": dict(hidden=100, epochs=20, optimizer="adam", lr=0.007, eval_rows=500),
+    "deepconv": dict(hidden=50, epochs=20, optimizer="adam", lr=0.001, eval_rows=100),
+}
+"""Per ``--net``: the defaults of ``--hidden``, ``--epochs``, ``--optimizer`` and ``--lr`` (None:
+the optimizer's :data:`DEFAULT_LR`), and the images per forward pass when measuring accuracy."""
+
+MULTI_HIDDEN_LAYERS = 4
+"""``--net multi``: hidden layers of ``--hidden`` units each (the book's ch06 comparisons)."""
+
+SMALL_IMAGE_CONV_PARAM = {"filter_num": 30, "filter_size": 3, "pad": 0, "stride": 1}
+"""``--net simpleconv`` on images smaller than MNIST's (the 8x8 digits): 3x3 filters, so that
+the 6x6 maps pool to 3x3. The book's 5x5 filters would leave 2x2 after pooling."""
+
+MNIST_TEST_ONLY_TRAIN_SIZE = 8000
+"""Where ``--mnist-dir`` holds only the two t10k files: a fixed shuffle of their 10,000 images
+gives this many training images, and the rest are the test set."""
+
 
 def add_arguments(parser):
     """Add the options of ``fastbp train`` to an argparse (sub)parser."""
@@ -64,17 +92,24 @@ def add_arguments(parser):
                         help="directory holding train-images-idx3-ubyte.gz and the other "
                              "three MNIST files, gzipped or not (implies --data mnist; "
                              "nothing is downloaded)")
-    parser.add_argument("--hidden", type=int, default=d["hidden"], metavar="N",
-                        help=f"hidden units (default {d['hidden']})")
-    parser.add_argument("--epochs", type=int, default=d["epochs"], metavar="N",
-                        help=f"passes over the training set (default {d['epochs']})")
+    parser.add_argument("--net", choices=tuple(NET_DEFAULTS), default="two",
+                        help="two: TwoLayerNet (default); multi: MultiLayerNet with "
+                             f"{MULTI_HIDDEN_LAYERS} hidden layers; simpleconv: the book's "
+                             "SimpleConvNet (3x3 filters on the 8x8 digits); deepconv: the "
+                             "book's DeepConvNet (MNIST only)")
+    parser.add_argument("--hidden", type=int, default=None, metavar="N",
+                        help=f"hidden units (default {d['hidden']}; 50 for deepconv)")
+    parser.add_argument("--epochs", type=int, default=None, metavar="N",
+                        help=f"passes over the training set (default {d['epochs']}; 20 for "
+                             "simpleconv and deepconv)")
     parser.add_argument("--batch-size", type=int, default=d["batch_size"], metavar="N",
                         help=f"mini-batch size (default {d['batch_size']})")
     parser.add_argument("--lr", type=float, default=None,
                         help="learning rate (default: " + ", ".join(
                             f"{k} {v}" for k, v in DEFAULT_LR.items()) + ")")
-    parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=d["optimizer"],
-                        help=f"update rule (default {d['optimizer']})")
+    parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=None,
+                        help=f"update rule (default {d['optimizer']}; adam for simpleconv "
+                             "(lr 0.007) and deepconv (lr 0.001, as the book))")
     parser.add_argument("--seed", type=int, default=d["seed"],
                         help="seed of the weights and the batch order (default 0)")
     parser.add_argument("--backend", choices=BACKENDS, default=d["backend"],
@@ -114,20 +149,28 @@ def load_data(name, mnist_dir=None, dtype=np.float64):
 
     Converting once here spares every step a conversion (the loaders give float32 images, as the
     book's ``load_mnist`` does, and a float64 net would convert each batch). MNIST in float64
-    takes 440 MB; ``dtype=float32`` halves that.
+    takes 440 MB; ``dtype=float32`` halves that. Images are flat rows (N, 64) or (N, 784).
+
+    A ``mnist_dir`` that holds only ``t10k-images-idx3-ubyte.gz`` and
+    ``t10k-labels-idx1-ubyte.gz`` is split: :data:`MNIST_TEST_ONLY_TRAIN_SIZE` of its images
+    (a fixed shuffle) for training, the rest for testing.
     """
     from fastbp import datasets
 
     if name == "digits":
         (x_train, t_train), (x_test, t_test) = datasets.load_digits()
     elif name == "mnist":
-        try:
-            (x_train, t_train), (x_test, t_test) = datasets.load_mnist(path=mnist_dir)
-        except FileNotFoundError as exc:
-            if mnist_dir is not None:
-                raise
-            raise FileNotFoundError(f"{exc}\n(fastbp train takes the directory as "
-                                    "--mnist-dir DIR)") from exc
+        directory = mnist_dir
+        if directory is None:
+            try:
+                directory = datasets._find_mnist_dir()
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(f"{exc}\n(fastbp train takes the directory as "
+                                        "--mnist-dir DIR)") from exc
+        if _mnist_test_only(directory):
+            (x_train, t_train), (x_test, t_test) = _mnist_test_split(directory)
+        else:
+            (x_train, t_train), (x_test, t_test) = datasets.load_mnist(path=directory)
     else:
         raise ValueError(f"unknown data set {name!r}")
 
@@ -137,13 +180,89 @@ def load_data(name, mnist_dir=None, dtype=np.float64):
     return prepare(x_train, t_train), prepare(x_test, t_test)
 
 
-def _correct(net, x, t):
-    """How many rows of ``x`` the net classifies as ``t``."""
+def _mnist_dir_used(mnist_dir):
+    """``mnist_dir``, or the directory :func:`fastbp.datasets.load_mnist` would search out."""
+    from fastbp import datasets
+
+    return mnist_dir if mnist_dir is not None else datasets._find_mnist_dir()
+
+
+def _mnist_test_only(mnist_dir):
+    """True where the directory holds the two t10k files (gzipped or not) and neither train
+    file."""
+    from fastbp import datasets
+
+    files = datasets._files_in(mnist_dir)
+    return (files["test_img"] is not None and files["test_label"] is not None
+            and files["train_img"] is None and files["train_label"] is None)
+
+
+def _mnist_test_split(mnist_dir):
+    """The t10k images split by a fixed shuffle into MNIST_TEST_ONLY_TRAIN_SIZE / the rest."""
+    from fastbp import datasets
+
+    files = datasets._files_in(mnist_dir)
+    images_file, labels_file = files["test_img"], files["test_label"]
+    images = datasets.read_idx(images_file, 2051)
+    labels = datasets.read_idx(labels_file, 2049)
+    if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
+        raise ValueError(f"{images_file} holds images of shape {images.shape} but "
+                         f"{labels_file} holds {labels.shape[0]} labels (MNIST: 28x28 images, "
+                         "one label each)")
+    if labels.size and labels.max() > 9:
+        raise ValueError(f"{labels_file}: label {int(labels.max())} is not a digit 0..9")
+    if images.shape[0] <= MNIST_TEST_ONLY_TRAIN_SIZE:
+        raise ValueError(f"{mnist_dir} holds only the t10k files, with {images.shape[0]} images: "
+                         f"too few to keep {MNIST_TEST_ONLY_TRAIN_SIZE} for training and test "
+                         "on the rest")
+    order = np.random.default_rng(datasets.DIGITS_SEED).permutation(images.shape[0])
+    x = images[order].reshape(-1, 784).astype(np.float32) / np.float32(255.0)
+    t = labels[order]
+    n = MNIST_TEST_ONLY_TRAIN_SIZE
+    return (x[:n], t[:n]), (x[n:], t[n:])
+
+
+def _correct(net, x, t, rows=EVAL_ROWS):
+    """How many rows of ``x`` the net classifies as ``t``, ``rows`` at a time."""
     hits = 0
-    for lo in range(0, x.shape[0], EVAL_ROWS):
-        y = net.predict(x[lo:lo + EVAL_ROWS])
-        hits += int(np.sum(np.argmax(y, axis=1) == t[lo:lo + EVAL_ROWS]))
+    for lo in range(0, x.shape[0], rows):
+        y = net.predict(x[lo:lo + rows])
+        hits += int(np.sum(np.argmax(y, axis=1) == t[lo:lo + rows]))
     return hits
+
+
+def _image_shape(features):
+    """(1, side, side) for flat square single-channel images: the digits and MNIST."""
+    side = math.isqrt(features)
+    if side * side != features:
+        raise ValueError(f"the convolutional nets need square images; got {features} pixels")
+    return (1, side, side)
+
+
+def build_net(name, features, hidden, *, backend, rng, dtype):
+    """The network ``--net name`` trains, for images of ``features`` pixels (64 or 784).
+
+    ``two`` and ``multi`` take flat rows; ``simpleconv`` and ``deepconv`` take (N, 1, H, W)
+    images. ``simpleconv`` has the book's 5x5 filters on 28x28 images and
+    :data:`SMALL_IMAGE_CONV_PARAM` on smaller ones; ``deepconv`` needs 28x28 images.
+    """
+    kw = dict(backend=backend, rng=rng, dtype=dtype)
+    if name == "two":
+        return TwoLayerNet(features, hidden, 10, **kw)
+    if name == "multi":
+        return MultiLayerNet(features, [hidden] * MULTI_HIDDEN_LAYERS, 10, **kw)
+    shape = _image_shape(features)
+    if name == "simpleconv":
+        if shape[1] >= 28:
+            return SimpleConvNet(shape, hidden_size=hidden, **kw)
+        return SimpleConvNet(shape, conv_param=SMALL_IMAGE_CONV_PARAM, hidden_size=hidden, **kw)
+    if name == "deepconv":
+        if shape != (1, 28, 28):
+            raise ValueError(f"--net deepconv needs 28x28 images: the book's DeepConvNet is built "
+                             f"for MNIST, and these are {shape[1]}x{shape[2]}; train it with "
+                             "--data mnist --mnist-dir DIR, or use --net simpleconv")
+        return DeepConvNet(shape, hidden_size=hidden, **kw)
+    raise ValueError(f"unknown net {name!r}; one of {', '.join(NET_DEFAULTS)}")
 
 
 class TrainingRun:
@@ -154,8 +273,8 @@ class TrainingRun:
     data : tuple
         ``(x_train, t_train), (x_test, t_test)`` from :func:`load_data`.
     backend : {"kernel", "reference"}
-    hidden, batch_size, optimizer, lr, seed, dtype
-        As the command-line options.
+    hidden, batch_size, optimizer, lr, seed, dtype, net
+        As the command-line options (``net``: "two", "multi", "simpleconv" or "deepconv").
 
     Notes
     -----
@@ -165,13 +284,19 @@ class TrainingRun:
     update): not evaluation, and not JIT compilation, which :meth:`warm_up` triggers on copies.
     """
 
-    def __init__(self, data, backend, *, hidden, batch_size, optimizer, lr, seed, dtype):
+    def __init__(self, data, backend, *, hidden, batch_size, optimizer, lr, seed, dtype,
+                 net="two"):
         (self.x_train, self.t_train), (self.x_test, self.t_test) = data
         self.backend = backend
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
-        self.net = TwoLayerNet(self.x_train.shape[1], hidden, 10, backend=backend,
-                               rng=self.rng, dtype=dtype)
+        features = int(np.prod(self.x_train.shape[1:]))
+        self.net = build_net(net, features, hidden, backend=backend, rng=self.rng, dtype=dtype)
+        self.net_name = net
+        self.eval_rows = NET_DEFAULTS[net]["eval_rows"]
+        if net in ("simpleconv", "deepconv"):  # views: the conv nets take (N, 1, H, W)
+            self.x_train = self.x_train.reshape(-1, *self.net.input_dim)
+            self.x_test = self.x_test.reshape(-1, *self.net.input_dim)
         self.optimizer = OPTIMIZERS[optimizer](lr, backend=backend)
         self.params = self.net.params
         self.steps = 0
@@ -192,7 +317,7 @@ class TrainingRun:
         net, optimizer = copy.deepcopy((self.net, self.optimizer))
         x, t = self.x_train[:self.batch_size], self.t_train[:self.batch_size]
         optimizer.update(net.params, net.gradient(x, t))
-        net.predict(self.x_test[:EVAL_ROWS])
+        net.predict(self.x_test[:self.eval_rows])
         self.warm_up_seconds = time.perf_counter() - started
         return self.warm_up_seconds
 
@@ -225,20 +350,22 @@ class TrainingRun:
         h = self.history
         h["epoch"].append(len(h["epoch"]) + 1)
         h["loss"].append(float(np.mean(epoch_losses)))
-        h["train_accuracy"].append(_correct(net, x_train, t_train) / x_train.shape[0])
+        h["train_accuracy"].append(_correct(net, x_train, t_train, self.eval_rows)
+                                   / x_train.shape[0])
         h["test_accuracy"].append(self.test_correct / self.x_test.shape[0])
         self.seconds += time.perf_counter() - started
         return {key: values[-1] for key, values in h.items()}
 
     @property
     def test_correct(self):
-        return _correct(self.net, self.x_test, self.t_test)
+        return _correct(self.net, self.x_test, self.t_test, self.eval_rows)
 
     def summary(self):
         """What the JSON line reports for this run."""
         h = self.history
         return {
             "backend": self.backend,
+            "net": self.net_name,
             "test_accuracy": h["test_accuracy"][-1] if h["epoch"] else None,
             "train_accuracy": h["train_accuracy"][-1] if h["epoch"] else None,
             "loss": h["loss"][-1] if h["epoch"] else None,
@@ -440,10 +567,26 @@ def _train(runs, epochs, mode="epochs", stream=None):
             bar.close()
 
 
+def _net_defaults(args):
+    """Fill in the options left out with the defaults of ``--net``; return the learning rate."""
+    args.net = getattr(args, "net", None) or "two"
+    defaults = NET_DEFAULTS[args.net]
+    optimizer_given = args.optimizer is not None
+    for name in ("hidden", "epochs", "optimizer"):
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
+    if args.lr is not None:
+        return args.lr
+    if not optimizer_given and defaults["lr"] is not None:
+        return defaults["lr"]
+    return DEFAULT_LR[args.optimizer]
+
+
 def run(args):
     """Run ``fastbp train`` with parsed ``args``; return the exit status."""
     err = sys.stderr
     out = err if args.json else sys.stdout  # with --json, stdout holds the JSON and nothing else
+    lr = _net_defaults(args)
     for name in ("hidden", "epochs", "batch_size"):
         if getattr(args, name) < 1:
             print(f"fastbp train: --{name.replace('_', '-')} must be at least 1", file=err)
@@ -458,7 +601,11 @@ def run(args):
     if problem:
         print(f"fastbp train: {problem}", file=err)
         return 2
-    lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
+    if args.net == "deepconv" and data_name == "digits":
+        print("fastbp train: --net deepconv needs 28x28 images: the book's DeepConvNet is built "
+              "for MNIST, and the digits are 8x8; use --data mnist --mnist-dir DIR, or "
+              "--net simpleconv", file=err)
+        return 2
     dtype = np.dtype(args.dtype)
     try:
         data = load_data(data_name, args.mnist_dir, dtype)
@@ -468,11 +615,16 @@ def run(args):
 
     backends = ("kernel", "reference") if args.compare else (args.backend,)
     runs = [TrainingRun(data, b, hidden=args.hidden, batch_size=args.batch_size,
-                        optimizer=args.optimizer, lr=lr, seed=args.seed, dtype=dtype)
+                        optimizer=args.optimizer, lr=lr, seed=args.seed, dtype=dtype,
+                        net=args.net)
             for b in backends]
     n_train, n_test = data[0][0].shape[0], data[1][0].shape[0]
+    if data_name == "mnist" and _mnist_test_only(_mnist_dir_used(args.mnist_dir)):
+        print(f"fastbp train: {_mnist_dir_used(args.mnist_dir)} holds only the t10k files: "
+              f"training on {n_train} of their images and testing on the other {n_test} "
+              "(a fixed shuffle)", file=out)
     print(f"fastbp train: {data_name} ({n_train} train / {n_test} test, "
-          f"{data[0][0].shape[1]} features), TwoLayerNet hidden {args.hidden}, "
+          f"{data[0][0].shape[1]} features), {type(runs[0].net).__name__} hidden {args.hidden}, "
           f"{args.optimizer} lr {lr:g}, batch {args.batch_size}, {args.epochs} epochs, "
           f"{dtype.name}, seed {args.seed}, backend {' and '.join(backends)}", file=out)
     with _blas_limit(args.blas_threads):
@@ -484,7 +636,7 @@ def run(args):
               f"{s['train_accuracy']:.4f}, {s['epochs']} epochs, {s['steps']} steps in "
               f"{s['step_seconds']:.2f} s ({s['steps_per_second']:.0f} steps/s), "
               f"{s['seconds']:.2f} s with evaluation", file=out)
-    result = dict(summaries[0], optimizer=args.optimizer, lr=lr, hidden=args.hidden,
+    result = dict(summaries[0], net=args.net, optimizer=args.optimizer, lr=lr, hidden=args.hidden,
                   batch_size=args.batch_size, data=data_name, dtype=dtype.name, seed=args.seed)
     status = 0
     if args.compare:

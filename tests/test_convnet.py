@@ -1,0 +1,479 @@
+"""SimpleConvNet and DeepConvNet: the book's structure, gradients, both backends, the book's
+pickles, and ``fastbp train --net simpleconv|deepconv``.
+
+Small images and batches throughout: DeepConvNet only runs on a batch of 2 at 28x28.
+"""
+
+import gzip
+import pathlib
+import pickle
+import struct
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+from fastbp import cli, training
+from fastbp import layers as kernel_layers
+from fastbp.nets import DeepConvNet, SimpleConvNet
+from fastbp.reference import layers as reference_layers
+from fastbp.testing import tolerances
+
+BACKENDS = ["kernel", "reference"]
+LAYERS = {"kernel": kernel_layers, "reference": reference_layers}
+SMALL = dict(input_dim=(1, 10, 10),
+             conv_param={"filter_num": 4, "filter_size": 3, "pad": 0, "stride": 1},
+             hidden_size=6, output_size=5)
+
+
+def close64(a, b):
+    """NUMERICS.md: reference vs kernel in float64, rtol 1e-12, atol 1e-12 x largest value."""
+    scale = max(1.0, float(np.max(np.abs(b))) if np.size(b) else 1.0)
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * scale)
+
+
+def close32(got, want, scalar=False):
+    """NUMERICS.md's float32 tolerances against a float64 reference on the same inputs."""
+    want = np.asarray(want, dtype=np.float64)
+    rtol, atol = tolerances(np.float32, float(np.max(np.abs(want))), scalar=scalar)
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float64), want, rtol=rtol, atol=atol)
+
+
+def images(n, shape=(1, 10, 10), seed=0):
+    return np.random.default_rng(seed).random((n, *shape))
+
+
+# --- structure and initial weights ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_simple_convnet_has_the_books_structure(backend):
+    net = SimpleConvNet(backend=backend, rng=0)
+    L = LAYERS[backend]
+    assert isinstance(net.layers, OrderedDict)
+    assert list(net.layers) == ["Conv1", "Relu1", "Pool1", "Affine1", "Relu2", "Affine2"]
+    kinds = [L.Convolution, L.Relu, L.Pooling, L.Affine, L.Relu, L.Affine]
+    assert all(isinstance(layer, kind) for layer, kind in zip(net.layers.values(), kinds,
+                                                               strict=True))
+    assert isinstance(net.last_layer, L.SoftmaxWithLoss)
+    pool = net.layers["Pool1"]
+    assert (pool.pool_h, pool.pool_w, pool.stride, pool.pad) == (2, 2, 2, 0)
+    conv = net.layers["Conv1"]
+    assert (conv.stride, conv.pad) == (1, 0)
+    assert {k: v.shape for k, v in net.params.items()} == {
+        "W1": (30, 1, 5, 5), "b1": (30,), "W2": (30 * 12 * 12, 100), "b2": (100,),
+        "W3": (100, 10), "b3": (10,)}
+    assert list(net.params) == ["W1", "b1", "W2", "b2", "W3", "b3"]
+    for key, name in (("1", "Conv1"), ("2", "Affine1"), ("3", "Affine2")):
+        assert net.layers[name].W is net.params["W" + key]
+        assert net.layers[name].b is net.params["b" + key]
+
+
+def test_simple_convnet_draws_the_books_weights():
+    """Without rng, the book's np.random.randn draws in the book's order and scale."""
+    np.random.seed(3)  # noqa: NPY002
+    net = SimpleConvNet(weight_init_std=0.05, **SMALL)
+    np.random.seed(3)  # noqa: NPY002
+    expected = [0.05 * np.random.randn(4, 1, 3, 3),  # noqa: NPY002
+                0.05 * np.random.randn(4 * 4 * 4, 6),  # noqa: NPY002
+                0.05 * np.random.randn(6, 5)]  # noqa: NPY002
+    for i, want in enumerate(expected, start=1):
+        np.testing.assert_array_equal(net.params[f"W{i}"], want)
+        np.testing.assert_array_equal(net.params[f"b{i}"], np.zeros(want.shape[-1] if i > 1
+                                                                    else 4))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deep_convnet_has_the_books_structure_and_weights(backend):
+    np.random.seed(7)  # noqa: NPY002
+    net = DeepConvNet(backend=backend)
+    L = LAYERS[backend]
+    assert isinstance(net.layers, list) and len(net.layers) == 20
+    conv, relu, pool = L.Convolution, L.Relu, L.Pooling
+    kinds = [conv, relu, conv, relu, pool] * 3 + [L.Affine, relu, L.Dropout, L.Affine,
+                                                   L.Dropout]
+    assert [type(layer) for layer in net.layers] == kinds
+    assert all(layer.dropout_ratio == 0.5 for layer in net.layers if isinstance(layer,
+                                                                               L.Dropout))
+    # The book's draws: He scales from its pre_node_nums, W1..W8 in order.
+    np.random.seed(7)  # noqa: NPY002
+    pre_node_nums = np.array([1 * 3 * 3, 16 * 3 * 3, 16 * 3 * 3, 32 * 3 * 3, 32 * 3 * 3,
+                              64 * 3 * 3, 64 * 4 * 4, 50])
+    scales = np.sqrt(2.0 / pre_node_nums)
+    shapes = [(16, 1, 3, 3), (16, 16, 3, 3), (32, 16, 3, 3), (32, 32, 3, 3), (64, 32, 3, 3),
+              (64, 64, 3, 3), (64 * 4 * 4, 50), (50, 10)]
+    pads = [1, 1, 1, 2, 1, 1]
+    for i, (shape, scale) in enumerate(zip(shapes, scales, strict=True), start=1):
+        np.testing.assert_array_equal(net.params[f"W{i}"],
+                                      scale * np.random.randn(*shape))  # noqa: NPY002
+        assert net.params[f"b{i}"].shape == (shape[0] if i <= 6 else shape[1],)
+    for i, index in enumerate((0, 2, 5, 7, 10, 12, 15, 18), start=1):
+        assert net.layers[index].W is net.params[f"W{i}"]
+        assert net.layers[index].b is net.params[f"b{i}"]
+        if i <= 6:
+            assert (net.layers[index].stride, net.layers[index].pad) == (1, pads[i - 1])
+
+
+def test_sizes_that_do_not_fit_are_named():
+    with pytest.raises(ValueError, match="Conv1: a filter of 5 does not fit a map of 3"):
+        SimpleConvNet(input_dim=(1, 3, 3))
+    with pytest.raises(ValueError, match="input_dim"):
+        SimpleConvNet(input_dim=(28, 28))
+    with pytest.raises(ValueError, match="backend"):
+        DeepConvNet(backend="torch")
+    with pytest.raises(TypeError, match="float32 or float64"):
+        SimpleConvNet(dtype=np.int32)
+    net = SimpleConvNet(rng=0, **SMALL)
+    with pytest.raises(ValueError, match=r"reshape flat images with x.reshape\(-1, 1, 10, 10\)"):
+        net.predict(np.zeros((2, 100)))
+    with pytest.raises(ValueError, match=r"\(N, 1, 10, 10\); got \(2, 1, 9, 9\)"):
+        net.loss(np.zeros((2, 1, 9, 9)), np.zeros(2, dtype=int))
+
+
+def test_odd_maps_pool_as_the_layers_do():
+    """An odd convolution output loses its last row in pooling; W2 is sized to match."""
+    net = SimpleConvNet(input_dim=(2, 11, 9), conv_param={"filter_num": 3, "filter_size": 3,
+                                                          "pad": 0, "stride": 1},
+                        hidden_size=4, output_size=3, rng=0)
+    assert net.params["W1"].shape == (3, 2, 3, 3)
+    assert net.params["W2"].shape == (3 * 4 * 3, 4)  # 9x7 maps pool to 4x3
+    assert net.predict(images(2, (2, 11, 9))).shape == (2, 3)
+
+
+# --- gradients ------------------------------------------------------------------------------
+
+
+def _kink_margins(net, x, h=1e-4):
+    """True where no ReLU input and no pooling tie is within reach of a step of ``h`` in any
+    parameter, so that central differences see a smooth function (NUMERICS.md)."""
+    conv, pool, affine = net.layers["Conv1"], net.layers["Pool1"], net.layers["Affine1"]
+    z1 = conv.forward(x)
+    a1 = np.maximum(z1, 0)
+    n, c, oh, ow = a1.shape
+    windows = a1[:, :, :oh // 2 * 2, :ow // 2 * 2].reshape(n, c, oh // 2, 2, ow // 2, 2)
+    windows = np.sort(windows.transpose(0, 1, 2, 4, 3, 5).reshape(-1, 4), axis=1)
+    gaps = (windows[:, -1] - windows[:, -2])[windows[:, -1] > 0]
+    pooled = pool.forward(a1)
+    z2 = affine.forward(pooled)
+    w2 = np.abs(net.params["W2"])
+    reach2 = h * max(1.0, float(np.max(pooled)), float(np.max(w2.sum(axis=0))))
+    return (np.min(np.abs(z1)) > 10 * h * max(1.0, float(np.max(x)))
+            and (gaps.size == 0 or np.min(gaps) > 10 * h)
+            and np.min(np.abs(z2)) > 10 * reach2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_matches_numerical_gradient(backend):
+    """The book's ch07/gradient_check.py: input (1, 10, 10), 10 filters of 3x3, hidden 10,
+    one image, label [[1]]; at a point away from the kinks, relative error <= 1e-6."""
+    shape = dict(input_dim=(1, 10, 10),
+                 conv_param={"filter_num": 10, "filter_size": 3, "pad": 0, "stride": 1},
+                 hidden_size=10, output_size=10, weight_init_std=0.3)
+    for seed in range(40):
+        network = SimpleConvNet(**shape, backend=backend, rng=seed)
+        X = np.random.default_rng(seed).random(100).reshape((1, 1, 10, 10))
+        if _kink_margins(network, X):
+            break
+    else:
+        pytest.fail("no seed gives a point away from the kinks")
+    T = np.array([1]).reshape((1, 1))
+    grad_num = network.numerical_gradient(X, T)
+    grad = network.gradient(X, T)
+    assert list(grad_num) == list(grad) == ["W1", "b1", "W2", "b2", "W3", "b3"]
+    for key in grad:
+        scale = float(np.max(np.abs(grad_num[key])))
+        assert scale > 0, key
+        assert np.max(np.abs(grad[key] - grad_num[key])) <= 1e-6 * scale, key
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_skips_the_images_dx(backend):
+    """gradient() asks the first Convolution for no dx, for that call only, and gets the same
+    gradients as the book's backward through every layer."""
+    net = SimpleConvNet(backend=backend, rng=0, weight_init_std=0.3, **SMALL)
+    x, t = images(3), np.array([0, 1, 2])
+    conv = net.layers["Conv1"]
+    seen = []
+    backward = conv.backward
+
+    def spy(dout):
+        seen.append(conv.need_dx)
+        seen.append(backward(dout))
+        return seen[-1]
+
+    conv.backward = spy
+    grads = {key: value.copy() for key, value in net.gradient(x, t).items()}
+    assert seen == [False, None] and conv.need_dx is True
+    del conv.backward
+    net.loss(x, t)  # the book's way: every layer's backward, the images' dx included
+    dout = net.last_layer.backward(1)
+    for layer in reversed(list(net.layers.values())):
+        dout = layer.backward(dout)
+    assert dout.shape == x.shape
+    np.testing.assert_array_equal(conv.dW, grads["W1"])
+    np.testing.assert_array_equal(conv.db, grads["b1"])
+
+
+def _twin_nets(cls, dtype, **kwargs):
+    """A kernel net in ``dtype`` and a float64 reference net holding the same (rounded)
+    parameter values."""
+    net = cls(backend="kernel", rng=1, dtype=dtype, **kwargs)
+    ref = cls(backend="reference", rng=1, **kwargs)
+    for key in ref.params:
+        ref.params[key][...] = net.params[key]  # in place: the layers hold these arrays
+    return net, ref
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_backends_agree_on_loss_and_every_gradient(dtype):
+    net, ref = _twin_nets(SimpleConvNet, dtype, weight_init_std=0.3, **SMALL)
+    x = images(5).astype(dtype)
+    t = np.array([0, 1, 2, 3, 4])
+    loss, want = net.loss(x, t), ref.loss(x.astype(np.float64), t)
+    grads, want_grads = net.gradient(x, t), ref.gradient(x.astype(np.float64), t)
+    logits, want_logits = net.predict(x), ref.predict(x.astype(np.float64))
+    assert set(grads) == set(want_grads) == set(net.params)
+    if dtype == np.float64:
+        close64(loss, want)
+        close64(logits, want_logits)
+        for key in grads:
+            close64(grads[key], want_grads[key])
+    else:
+        close32(loss, want, scalar=True)
+        close32(logits, want_logits)
+        for key in grads:
+            close32(grads[key], want_grads[key])
+    assert net.accuracy(x, t) == ref.accuracy(x.astype(np.float64), t)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_stays_float32(backend):
+    net = SimpleConvNet(backend=backend, rng=0, dtype=np.float32, **SMALL)
+    x = images(3).astype(np.float32)
+    t = np.array([0, 1, 2])
+    assert all(p.dtype == np.float32 for p in net.params.values())
+    assert net.predict(x).dtype == np.float32
+    assert np.asarray(net.loss(x, t)).dtype == np.float32
+    assert all(g.dtype == np.float32 for g in net.gradient(x, t).values())
+
+
+def test_accuracy_counts_every_image():
+    """Unlike the book's loop, the last partial batch counts too."""
+    net = SimpleConvNet(rng=0, weight_init_std=0.5, **SMALL)
+    x = images(7)
+    t = np.array([0, 1, 2, 3, 4, 0, 1])
+    expected = np.mean(np.argmax(net.predict(x), axis=1) == t)
+    assert net.accuracy(x, t, batch_size=3) == expected
+    assert net.accuracy(x, np.eye(5)[t], batch_size=100) == expected  # one-hot labels
+    with pytest.raises(ValueError, match="7 images but t holds 6"):
+        net.accuracy(x, t[:6])
+
+
+def test_deep_convnet_backends_agree_with_dropout_seeded():
+    """DeepConvNet at 28x28 on a batch of 2: the same seeded dropout masks on both backends,
+    the same loss and gradients; predict (train_flg=False) scales instead of dropping."""
+    x = images(2, (1, 28, 28), seed=5)
+    t = np.array([3, 8])
+    nets = []
+    for backend in BACKENDS:
+        np.random.seed(0)  # noqa: NPY002
+        nets.append(DeepConvNet(backend=backend))
+    grads, losses = [], []
+    for net in nets:
+        np.random.seed(1)  # noqa: NPY002
+        grads.append(net.gradient(x, t))
+        losses.append(net.last_layer.loss)
+    close64(losses[0], losses[1])
+    assert set(grads[0]) == {f"{p}{i}" for p in "Wb" for i in range(1, 9)}
+    for key in grads[1]:
+        assert grads[0][key].shape == nets[0].params[key].shape
+        close64(grads[0][key], grads[1][key])
+    # Test mode is deterministic (no draws) and agrees across backends.
+    state = np.random.get_state()  # noqa: NPY002
+    close64(nets[0].predict(x), nets[1].predict(x))
+    assert np.array_equal(nets[0].predict(x), nets[0].predict(x, train_flg=False))
+    assert np.random.get_state()[2] == state[2]  # noqa: NPY002
+
+
+# --- the book's pickles ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_save_and_load_give_the_same_predictions(tmp_path, dtype):
+    path = tmp_path / "params.pkl"
+    net = SimpleConvNet(rng=0, dtype=dtype, weight_init_std=0.5, **SMALL)
+    x = images(4).astype(dtype)
+    net.save_params(str(path))
+    other = SimpleConvNet(rng=1, dtype=dtype, weight_init_std=0.5, **SMALL)
+    assert not np.array_equal(other.predict(x), net.predict(x))
+    other.load_params(str(path))
+    np.testing.assert_array_equal(other.predict(x), net.predict(x))
+    assert all(p.dtype == dtype for p in other.params.values())
+    for key, name in (("1", "Conv1"), ("2", "Affine1"), ("3", "Affine2")):
+        assert other.layers[name].W is other.params["W" + key]  # the layers are rebound
+        assert other.layers[name].b is other.params["b" + key]
+
+
+def test_the_pickle_is_the_books_format(tmp_path):
+    """A dict of float64 arrays keyed W1..bN, also from a float32 net (exact: float32 values
+    are float64 values)."""
+    net = SimpleConvNet(rng=0, dtype=np.float32, **SMALL)
+    net.save_params(str(tmp_path / "params.pkl"))
+    with open(tmp_path / "params.pkl", "rb") as f:
+        saved = pickle.load(f)
+    assert type(saved) is dict
+    assert list(saved) == ["W1", "b1", "W2", "b2", "W3", "b3"]
+    for key, value in saved.items():
+        assert type(value) is np.ndarray and value.dtype == np.float64
+        np.testing.assert_array_equal(value, net.params[key])
+
+
+def test_a_pickle_written_as_the_book_writes_it_loads(tmp_path):
+    """The book's save_params pickles its params dict as it is; DeepConvNet loads such a file,
+    the order of the keys does not matter, and the layers see the new weights."""
+    source = DeepConvNet(rng=2)
+    params = {key: source.params[key] for key in reversed(list(source.params))}
+    with open(tmp_path / "deep_convnet_params.pkl", "wb") as f:
+        pickle.dump(params, f)
+    net = DeepConvNet(rng=3)
+    net.load_params(tmp_path / "deep_convnet_params.pkl")
+    for i, index in enumerate((0, 2, 5, 7, 10, 12, 15, 18), start=1):
+        np.testing.assert_array_equal(net.layers[index].W, source.params[f"W{i}"])
+        assert net.layers[index].b is net.params[f"b{i}"]
+
+
+def _write(path, params):
+    with open(path, "wb") as f:
+        pickle.dump(params, f)
+    return str(path)
+
+
+def test_bad_pickles_name_the_key_and_the_shapes(tmp_path):
+    net = SimpleConvNet(rng=0, **SMALL)
+    before = {key: value.copy() for key, value in net.params.items()}
+    good = {key: value.copy() for key, value in net.params.items()}
+
+    missing = _write(tmp_path / "missing.pkl", {k: v for k, v in good.items() if k != "W2"})
+    with pytest.raises(ValueError, match=r"no 'W2'; SimpleConvNet needs W2 of shape \(64, 6\)"):
+        net.load_params(missing)
+    wrong = _write(tmp_path / "wrong.pkl", dict(good, W1=np.zeros((30, 1, 5, 5))))
+    with pytest.raises(ValueError, match=r"'W1' has shape \(30, 1, 5, 5\); SimpleConvNet's W1 "
+                                         r"has shape \(4, 1, 3, 3\)"):
+        net.load_params(wrong)
+    extra = _write(tmp_path / "extra.pkl", dict(good, W4=np.zeros(3)))
+    with pytest.raises(ValueError, match=r"unexpected keys \['W4'\]"):
+        net.load_params(extra)
+    not_a_dict = _write(tmp_path / "list.pkl", list(good.values()))
+    with pytest.raises(TypeError, match="holds a list, not the dict"):
+        net.load_params(not_a_dict)
+    strings = _write(tmp_path / "strings.pkl", dict(good, b3=np.array(["a"] * 5)))
+    with pytest.raises(TypeError, match="'b3' is an array of <U1"):
+        net.load_params(strings)
+    # Nothing was changed by the failed loads.
+    for key in before:
+        np.testing.assert_array_equal(net.params[key], before[key])
+        assert net.layers["Conv1"].W is net.params["W1"]
+
+
+# --- fastbp train ---------------------------------------------------------------------------
+
+
+def train(capsys, *argv):
+    status = cli.main(["train", *argv])
+    captured = capsys.readouterr()
+    return status, captured.out.splitlines(), captured.err
+
+
+def test_train_simpleconv_on_the_digits(capsys):
+    import json
+
+    status, lines, _ = train(capsys, "--net", "simpleconv", "--epochs", "1", "--hidden", "8",
+                             "--no-progress", "--json")
+    result = json.loads(lines[-1])
+    assert status == 0
+    assert result["net"] == "simpleconv" and result["steps"] == 15
+    assert result["optimizer"] == "adam" and result["lr"] == training.NET_DEFAULTS[
+        "simpleconv"]["lr"]
+    assert 0 <= result["test_accuracy"] <= 1
+    assert "SimpleConvNet hidden 8" in lines[0]
+
+
+def test_train_deepconv_on_the_digits_stops_clearly(capsys):
+    status, lines, err = train(capsys, "--net", "deepconv", "--epochs", "1")
+    assert status == 2 and not lines
+    assert "28x28" in err and "--data mnist" in err
+
+
+def test_build_net_shapes():
+    kw = dict(backend="kernel", rng=0, dtype=np.float64)
+    small = training.build_net("simpleconv", 64, 10, **kw)
+    assert small.input_dim == (1, 8, 8) and small.params["W1"].shape == (30, 1, 3, 3)
+    assert small.params["W2"].shape == (30 * 3 * 3, 10)
+    mnist = training.build_net("simpleconv", 784, 100, **kw)
+    assert mnist.params["W1"].shape == (30, 1, 5, 5)
+    multi = training.build_net("multi", 64, 12, **kw)
+    assert multi.hidden_size_list == [12] * training.MULTI_HIDDEN_LAYERS
+    with pytest.raises(ValueError, match="28x28"):
+        training.build_net("deepconv", 64, 50, **kw)
+
+
+def _write_idx(path, array, magic):
+    array = np.asarray(array, dtype=np.uint8)
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(f">i{array.ndim}i", magic, *array.shape) + array.tobytes())
+
+
+def test_a_test_only_mnist_directory_is_split(capsys, tmp_path, monkeypatch):
+    """Only the t10k files: a fixed shuffle of them trains and tests (the shared data's case)."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 120)
+    pictures = rng.integers(0, 40, (120, 28, 28))
+    pictures[np.arange(120), 2 * labels] = 255  # class c lights row 2c
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", pictures, 2051)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels, 2049)
+    monkeypatch.setattr(training, "MNIST_TEST_ONLY_TRAIN_SIZE", 100)
+    (x_train, t_train), (x_test, t_test) = training.load_data("mnist", str(tmp_path))
+    assert x_train.shape == (100, 784) and x_test.shape == (20, 784)
+    order = np.random.default_rng(0).permutation(120)
+    np.testing.assert_array_equal(np.concatenate([t_train, t_test]), labels[order])
+    # float32 pixels, as the book's load_mnist gives them, then the training dtype
+    expected = pictures[order[100]].reshape(-1).astype(np.float32) / np.float32(255.0)
+    np.testing.assert_array_equal(x_test[0], expected.astype(np.float64))
+    status, lines, _ = train(capsys, "--net", "simpleconv", "--data", "mnist", "--mnist-dir",
+                             str(tmp_path), "--epochs", "1", "--hidden", "8", "--no-progress")
+    assert status == 0
+    assert "holds only the t10k files: training on 100 of their images" in lines[0]
+
+
+def _shared_mnist():
+    """``../shared/data/mnist`` beside the repository root (the project's real test set)."""
+    candidate = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+    return candidate if (candidate / "t10k-images-idx3-ubyte.gz").is_file() else None
+
+
+@pytest.mark.skipif(_shared_mnist() is None, reason="no real MNIST files here")
+def test_simpleconv_learns_real_mnist(capsys):
+    """One epoch on the 8,000 training images of the split: well past chance."""
+    import json
+
+    status, lines, _ = train(capsys, "--net", "simpleconv", "--data", "mnist", "--mnist-dir",
+                             str(_shared_mnist()), "--epochs", "1", "--dtype", "float32",
+                             "--no-progress", "--json")
+    result = json.loads(lines[-1])
+    assert status == 0 and result["test_size"] == 2000 and result["steps"] == 80
+    assert result["test_accuracy"] >= 0.9
+
+
+def test_bench_times_the_conv_steps(capsys):
+    """``fastbp bench`` runs the SimpleConvNet step and the drop-in case on both backends."""
+    import json
+
+    status = cli.main(["bench", "--sizes", "book", "--layers", "simpleconv,dropin",
+                       "--time", "0.01", "--no-torch", "--json", "--dtype", "float32"])
+    assert status == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(r["case"], r["dtype"]) for r in doc["results"]] == [("simpleconv", "float32"),
+                                                                  ("dropin", "float32")]
+    for r in doc["results"]:
+        assert r["shape"] == [100, 1, 28, 28]
+        assert r["seconds"]["reference"] > 0 and r["seconds"]["kernel"] > 0
