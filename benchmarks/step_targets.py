@@ -48,9 +48,9 @@ def steps(target):
 
     from fastbp.bench import (
         _torch_available,
-        torch_case,
         book_training_step,
         time_interleaved,
+        torch_case,
         training_step,
     )
 

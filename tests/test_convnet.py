@@ -387,15 +387,15 @@ def train(capsys, *argv):
 def test_train_simpleconv_on_the_digits(capsys):
     import json
 
-    status, lines, _ = train(capsys, "--net", "simpleconv", "--epochs", "1", "--hidden", "8",
-                             "--no-progress", "--json")
-    result = json.loads(lines[-1])
+    status, lines, err = train(capsys, "--net", "simpleconv", "--epochs", "1", "--hidden", "8",
+                               "--no-progress", "--json")
+    result = json.loads("\n".join(lines))  # with --json, stdout is the JSON and nothing else
     assert status == 0
     assert result["net"] == "simpleconv" and result["steps"] == 15
     assert result["optimizer"] == "adam" and result["lr"] == training.NET_DEFAULTS[
         "simpleconv"]["lr"]
     assert 0 <= result["test_accuracy"] <= 1
-    assert "SimpleConvNet hidden 8" in lines[0]
+    assert "SimpleConvNet hidden 8" in err.splitlines()[0]
 
 
 def test_train_deepconv_on_the_digits_stops_clearly(capsys):
@@ -459,7 +459,7 @@ def test_simpleconv_learns_real_mnist(capsys):
     status, lines, _ = train(capsys, "--net", "simpleconv", "--data", "mnist", "--mnist-dir",
                              str(_shared_mnist()), "--epochs", "1", "--dtype", "float32",
                              "--no-progress", "--json")
-    result = json.loads(lines[-1])
+    result = json.loads("\n".join(lines))
     assert status == 0 and result["test_size"] == 2000 and result["steps"] == 80
     assert result["test_accuracy"] >= 0.9
 
@@ -477,3 +477,22 @@ def test_bench_times_the_conv_steps(capsys):
     for r in doc["results"]:
         assert r["shape"] == [100, 1, 28, 28]
         assert r["seconds"]["reference"] > 0 and r["seconds"]["kernel"] > 0
+
+
+def test_a_test_only_mnist_directory_is_found_by_the_search(capsys, tmp_path, monkeypatch):
+    """No --mnist-dir: the directory load_mnist's search finds ($FASTBP_MNIST_DIR here) is split
+    the same way when it holds only the t10k files (gzipped or not)."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, 120)
+    pictures = rng.integers(0, 255, (120, 28, 28))
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", pictures, 2051)
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "rb") as f:
+        (tmp_path / "t10k-images-idx3-ubyte").write_bytes(f.read())
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels, 2049)
+    monkeypatch.setenv("FASTBP_MNIST_DIR", str(tmp_path))
+    monkeypatch.setattr(training, "MNIST_TEST_ONLY_TRAIN_SIZE", 100)
+    status, lines, _ = train(capsys, "--data", "mnist", "--epochs", "1", "--hidden", "8",
+                             "--no-progress")
+    assert status == 0
+    assert "holds only the t10k files: training on 100 of their images" in lines[0]

@@ -316,3 +316,20 @@ def test_hypothesis_agreement(case, dtype, layout):
     assert_layers_agree(lambda c: layers.Pooling(ph, pw, stride, pad),
                         lambda c: reference.layers.Pooling(ph, pw, stride, pad),
                         (LAYOUTS[layout](x.astype(dtype)),), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ph, pw, stride, pad", [(2, 2, 2, 0), (2, 2, 1, 0), (3, 3, 1, 0),
+                                                 (3, 3, 2, 1), (4, 3, 1, 1)])
+def test_backends_give_the_same_bits(ph, pw, stride, pad, dtype):
+    """docs/numerics.md: forward selects, backward adds each element's terms in the
+    reference's order, so the backends agree bit for bit, overlapping windows included."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 3, 11, 10)).astype(dtype)
+    results = []
+    for module in BACKENDS.values():
+        layer = module.Pooling(ph, pw, stride, pad)
+        out = layer.forward(x)
+        dout = np.random.default_rng(8).standard_normal(out.shape).astype(dtype)
+        results.append([out.tobytes(), layer.backward(dout).tobytes()])
+    assert results[0] == results[1]
