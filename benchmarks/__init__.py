@@ -45,6 +45,19 @@ class _LayerTimings:
     params = [BACKENDS, DTYPES, SIZES]  # noqa: RUF012 (asv reads it)
     param_names = ["backend", "dtype", "size"]  # noqa: RUF012
 
+    def use_layer(self, layer):
+        """Time ``layer``: ``forward`` on ``self.x``, ``backward`` on ``self.dout``."""
+        self.layer = layer
+        self.forward = lambda: layer.forward(self.x)
+        self.backward = lambda: layer.backward(self.dout)
+
+    def warm_up(self, *calls):
+        """Run ``forward``, ``backward`` (and ``calls``) twice: the kernel backend compiles, and
+        the first buffers are faulted in, before anything is timed."""
+        for _ in range(2):
+            for call in (self.forward, self.backward, *calls):
+                call()
+
     def time_forward(self, backend, dtype, size):
         self.forward()
 

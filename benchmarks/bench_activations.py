@@ -24,12 +24,8 @@ class _Elementwise(_LayerTimings):
             self.forward = self._torch_forward
             self.backward = self._torch_backward
         else:
-            self.layer = getattr(layer_module(backend), self.layer_name)()
-            self.forward = lambda: self.layer.forward(self.x)
-            self.backward = lambda: self.layer.backward(self.dout)
-        for _ in range(2):  # compile (kernel backend) and fault in the first buffers
-            self.forward()
-            self.backward()
+            self.use_layer(getattr(layer_module(backend), self.layer_name)())
+        self.warm_up()
 
     def _torch_forward(self):
         self.ty = self.f(self.tx)

@@ -26,12 +26,8 @@ class Affine(_LayerTimings):
             self.forward = self._torch_forward
             self.backward = self._torch_backward
         else:
-            self.layer = layer_module(backend).Affine(self.W, self.b)
-            self.forward = lambda: self.layer.forward(self.x)
-            self.backward = lambda: self.layer.backward(self.dout)
-        for _ in range(2):
-            self.forward()
-            self.backward()
+            self.use_layer(layer_module(backend).Affine(self.W, self.b))
+        self.warm_up()
 
     def _torch_forward(self):
         self.ty = self.tx @ self.tW + self.tb

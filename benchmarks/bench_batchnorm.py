@@ -38,14 +38,9 @@ class BatchNormalization(_LayerTimings):
             self.backward = self._torch_backward
             self.test_forward = self._torch_test_forward
         else:
-            self.layer = layer_module(backend).BatchNormalization(self.gamma, self.beta)
-            self.forward = lambda: self.layer.forward(self.x)
-            self.backward = lambda: self.layer.backward(self.dout)
+            self.use_layer(layer_module(backend).BatchNormalization(self.gamma, self.beta))
             self.test_forward = lambda: self.layer.forward(self.x, train_flg=False)
-        for _ in range(2):
-            self.forward()
-            self.backward()
-            self.test_forward()
+        self.warm_up(self.test_forward)
 
     def _torch_forward(self):
         # torch's momentum is the weight of the batch: 0.1 is the book's momentum=0.9.

@@ -42,15 +42,11 @@ class Convolution(_LayerTimings):
             self.backward = self._torch_backward
         else:
             L = layer_module(backend)
-            self.layer = L.Convolution(self.W, self.b, stride, pad)
+            self.use_layer(L.Convolution(self.W, self.b, stride, pad))
             self.first = L.Convolution(self.W, self.b, stride, pad)
             self.first.need_dx = False
             self.first.forward(self.x)
-            self.forward = lambda: self.layer.forward(self.x)
-            self.backward = lambda: self.layer.backward(self.dout)
-        for _ in range(2):
-            self.forward()
-            self.backward()
+        self.warm_up()
 
     def time_backward_no_dx(self, backend, dtype, size):
         if backend == "torch":

@@ -34,12 +34,8 @@ class Dropout(_LayerTimings):
             self.forward = self._torch_forward
             self.backward = self._torch_backward
         else:
-            self.layer = layer_module(backend).Dropout(RATIO)
-            self.forward = lambda: self.layer.forward(self.x)
-            self.backward = lambda: self.layer.backward(self.dout)
-        for _ in range(2):
-            self.forward()
-            self.backward()
+            self.use_layer(layer_module(backend).Dropout(RATIO))
+        self.warm_up()
 
     def _torch_forward(self):
         self.ty = self.f(self.tx, RATIO, training=True)

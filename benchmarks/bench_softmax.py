@@ -23,9 +23,7 @@ class SoftmaxWithLoss(_LayerTimings):
             self.layer = layer_module(backend).SoftmaxWithLoss()
             self.forward = lambda: self.layer.forward(self.x, self.t)
             self.backward = lambda: self.layer.backward(1)
-        for _ in range(2):
-            self.forward()
-            self.backward()
+        self.warm_up()
 
     def _torch_forward(self):
         self.loss = self.F.cross_entropy(self.tx, self.tt)

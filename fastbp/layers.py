@@ -529,36 +529,15 @@ def _feature_row(a, d):
 class BatchNormalization:
     """Batch normalisation, as the book's ``common/layers.py`` computes it, in two fused kernels.
 
-    Each feature of ``x.reshape(N, -1)`` (4-d input too: per feature, not per channel) is
-    normalised by the batch mean and biased variance in train mode, ``xn = (x - mean) /
-    sqrt(var + 10e-7)``, then ``out = gamma * xn + beta``. The running statistics follow
-    ``momentum * running + (1 - momentum) * batch``; test mode (``train_flg=False``) normalises
-    by them instead. Before any training pass they are the book's zeros.
+    The same class as :class:`fastbp.reference.layers.BatchNormalization` (its docstring gives
+    the mathematics, the parameters and the edge cases; ``docs/numerics.md`` the contract).
+    What differs is how it is computed:
 
-    Parameters
-    ----------
-    gamma, beta : ndarray
-        Scale and shift, shape (D,); kept by reference and read on every call.
-    momentum : float
-    running_mean, running_var : ndarray, optional
-        Shape (D,). Missing ones start as zeros (in the compute dtype) at the first forward.
-
-    Notes
-    -----
     * Sums and statistics are computed in float64, also for float32 data, in a fixed order
       (:mod:`fastbp.kernels.batchnorm`): results are the same at every thread count.
     * ``xc`` and ``xn`` (the book's attributes, from the latest training pass) are computed
       when first read, from the input, which the layer keeps by reference as ``Affine`` keeps
       ``x``. The kernels never store them: ``backward`` recomputes ``xn`` on the fly.
-    * The running statistics are updated in place, in arrays the layer owns: a running array
-      given to the constructor is copied at the first training pass, never written.
-    * A batch of one row in train mode has variance 0: ``xn`` is 0 and the output is ``beta``,
-      with no warning.
-    * An empty batch (N = 0) gives an output of shape (0, ...), NaN batch statistics and leaves
-      the running statistics unchanged; ``dgamma`` and ``dbeta`` are 0.
-    * NaN or inf in a feature makes that feature's outputs NaN; other features are unaffected.
-    * ``backward`` is the derivative of the latest ``forward``. After a test pass that is the
-      derivative of the fixed affine map, ``dx = dout * gamma / sqrt(running_var + 10e-7)``.
     """
 
     def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None):
