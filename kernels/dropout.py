@@ -1,7 +1,14 @@
 """Dropout kernels: the mask compare fused with the multiply, and the backward multiply.
 
-The uniform random numbers come from NumPy (the caller draws them as the book does, so a seeded
-script gets the book's masks); these kernels do the rest in one pass. Arrays are C-contiguous,
+The uniform numbers ``u`` are the book's, ``np.random.rand(*x.shape)`` from NumPy's global
+state, so a seeded script gets the book's masks. :func:`dropout_forward_mt19937` draws them
+itself, in the same pass as the compare and the multiply (``u`` is never stored): MT19937 run
+on the global generator's own state (which :mod:`fastbp._globalrandom` finds and checks), giving
+``rand``'s doubles bit for bit and advancing the state exactly as ``rand`` does. It is serial
+(the stream is), about 2 ns an element against ``rand``'s 9 here: the twist and the tempering
+are loops LLVM vectorises. :func:`mt19937_uniforms` writes the same doubles out (tests check
+them against ``rand``). Where the global state is not reachable that way, or ``u`` comes from a
+``Generator``, the caller draws ``u`` and :func:`dropout_forward` uses it. Arrays are C-contiguous,
 of one shape (any number of dimensions: the kernels work on flat views of them), and validated
 by the caller (:class:`fastbp.layers.Dropout`). Kept elements are
 multiplied by 1 and dropped ones by 0, as the book's ``x * mask`` does, so a dropped inf or NaN
