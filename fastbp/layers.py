@@ -502,11 +502,15 @@ class Dropout:
         if train_flg:
             mask = np.empty(xc.shape, dtype=bool)
             stream = global_mt19937() if self.rng is None else None
+            drawn = False
             if stream is not None:  # np.random.rand's own stream, drawn in the kernel's pass
                 lock, state = stream
                 with lock:
-                    dropout.dropout_forward_mt19937(xc, ratio, state, mask, out)
-            else:
+                    # set_state accepts any pos; rand's behaviour outside [0, 624] is NumPy's
+                    drawn = state[-1] <= dropout.MT_N
+                    if drawn:
+                        dropout.dropout_forward_mt19937(xc, ratio, state, mask, out)
+            if not drawn:
                 u = dropout_uniforms(self.rng, xc.shape)
                 dropout.dropout_forward(xc, u, ratio, mask, out)
             self.mask = mask

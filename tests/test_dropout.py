@@ -210,6 +210,19 @@ def test_mt19937_uniforms_are_rands_doubles(pos, n):
         assert_same_global_state(after)
 
 
+@pytest.mark.parametrize("pos", [625, 1000, -1])
+def test_a_position_outside_the_state_is_left_to_np_random_rand(kernel_draws, pos):
+    """``set_state`` accepts any ``pos``; the kernel then leaves the draw to NumPy. (Only an
+    empty ``x``: NumPy itself reads outside the state there.)"""
+    name, key, _, has_gauss, cached = global_state(0)
+    np.random.set_state((name, key, pos, has_gauss, cached))  # noqa: NPY002
+    layer = layers.Dropout(0.5)
+    assert layer.forward(np.ones((0, 3))).shape == (0, 3)
+    assert kernel_draws == []
+    assert np.random.get_state()[2] == pos  # noqa: NPY002
+    np.random.seed(0)  # noqa: NPY002
+
+
 def test_a_draw_equal_to_the_ratio_is_dropped(kernel_draws):
     np.random.seed(5)  # noqa: NPY002
     u = np.random.rand(40)  # noqa: NPY002
