@@ -1,5 +1,6 @@
 """Dropout, train mode: forward (mask drawn from NumPy's global state, as the book), backward,
-and peak memory of both; plus the uniform draw alone, the part both backends share.
+and peak memory of both; plus ``np.random.rand`` alone, the reference's draw (the kernel
+backend draws the same numbers in its own MT19937 pass).
 
 Sizes: ``book`` (100, 100), a hidden layer of the book's chapter-6 nets; ``medium``
 (256, 4096); ``large`` (4096, 4096) with ``FASTBP_BENCH_FULL=1``. PyTorch's dropout rescales
@@ -45,5 +46,6 @@ class Dropout(_LayerTimings):
         self.ty.backward(self.tdout, retain_graph=True)
 
     def time_uniform_draw(self, backend, dtype, size):
-        """``np.random.rand(*shape)``: the random numbers, the same for both fastbp backends."""
+        """``np.random.rand(*shape)``: the reference's draw. The kernel backend draws the same
+        numbers inside its forward kernel, so this is not part of its time."""
         np.random.rand(*self.x.shape)  # noqa: NPY002

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from fastbp import validation as v
+from fastbp._globalrandom import global_mt19937
 from fastbp.functions import sigmoid_parts
 from fastbp.kernels import activations, affine, batchnorm, conv, dropout, parallel, pool, softmax
 from fastbp.reference.layers import (
@@ -471,10 +472,17 @@ class Dropout:
     ``mask = u > dropout_ratio`` with ``u = np.random.rand(*x.shape)`` from NumPy's global state
     (the book's draw: ``np.random.seed`` gives the book's masks, on both backends), or
     ``rng.random(x.shape)`` when ``rng`` (a ``numpy.random.Generator`` or a seed for one) is
-    given. Kept elements are not rescaled. The compare and the multiply run in one kernel pass.
-    ``backward`` is the derivative of the latest ``forward``: ``dout * mask`` after a training
-    pass, ``dout * (1 - dropout_ratio)`` after a test pass (the book reuses the last training
-    mask there).
+    given. Kept elements are not rescaled. ``backward`` is the derivative of the latest
+    ``forward``: ``dout * mask`` after a training pass, ``dout * (1 - dropout_ratio)`` after a
+    test pass (the book reuses the last training mask there).
+
+    Without ``rng``, one serial kernel pass draws ``u``, compares and multiplies: it runs
+    MT19937 on the global generator's own state, giving ``np.random.rand``'s doubles bit for
+    bit and leaving the state as ``rand`` leaves it (the ``randn`` cache untouched), under the
+    generator's lock. Where that state cannot be reached safely (``np.random.rand`` replaced,
+    not over an ``MT19937``, an unexpected NumPy layout: :mod:`fastbp._globalrandom`), it calls
+    ``np.random.rand`` as the reference does. With ``rng``, ``u`` is drawn first and the
+    compare and the multiply run in one kernel pass.
     """
 
     def __init__(self, dropout_ratio=0.5, *, rng=None):
@@ -492,9 +500,19 @@ class Dropout:
             xc, out_dtype = v.float_input(x, contiguous=True)
         out = np.empty_like(xc)
         if train_flg:
-            u = dropout_uniforms(self.rng, xc.shape)
             mask = np.empty(xc.shape, dtype=bool)
-            dropout.dropout_forward(xc, u, ratio, mask, out)
+            stream = global_mt19937() if self.rng is None else None
+            drawn = False
+            if stream is not None:  # np.random.rand's own stream, drawn in the kernel's pass
+                lock, state = stream
+                with lock:
+                    # set_state accepts any pos; rand's behaviour outside [0, 624] is NumPy's
+                    drawn = state[-1] <= dropout.MT_N
+                    if drawn:
+                        dropout.dropout_forward_mt19937(xc, ratio, state, mask, out)
+            if not drawn:
+                u = dropout_uniforms(self.rng, xc.shape)
+                dropout.dropout_forward(xc, u, ratio, mask, out)
             self.mask = mask
             self._saved = (xc.shape, mask)
         else:

@@ -1,7 +1,9 @@
 """Dropout on both backends: the book's masks, agreement, gradients, edge cases, bad input,
-dtypes, layouts, no mutation and determinism."""
+dtypes, layouts, no mutation and determinism; the kernel backend's own draw of
+``np.random.rand``'s stream, its lock and its fallback."""
 
 import hashlib
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -15,6 +17,7 @@ from hypothesis.extra import numpy as hnp
 from layouts import LAYOUTS
 
 from fastbp import layers, reference, threads
+from fastbp._globalrandom import global_mt19937
 from fastbp.kernels import parallel
 from fastbp.testing import FixedUniforms, assert_finite_differences, assert_layers_agree
 
@@ -121,6 +124,190 @@ def test_finite_differences(L, train):
     checks = assert_finite_differences(lambda: L.Dropout(0.5, rng=FixedUniforms(3)),
                                        (x, np.bool_(train)))
     assert checks[0].max_error < 1e-8
+
+
+# --- np.random.rand's stream, drawn by the kernel ------------------------------------------
+
+
+def global_state(seed, pos=None, gauss=False):
+    """Seed the global state; then put it at ``pos`` (of 624 words) and cache a gaussian."""
+    np.random.seed(seed)  # noqa: NPY002
+    if gauss:
+        np.random.randn(3)  # noqa: NPY002 (an odd count leaves one gaussian cached)
+    if pos is not None:
+        name, key, _, has_gauss, cached = np.random.get_state()  # noqa: NPY002
+        np.random.set_state((name, key, pos, has_gauss, cached))  # noqa: NPY002
+    return np.random.get_state()  # noqa: NPY002
+
+
+def assert_same_global_state(want):
+    got = np.random.get_state()  # noqa: NPY002
+    assert got[0] == want[0]
+    np.testing.assert_array_equal(got[1], want[1])
+    assert got[2:] == want[2:]  # pos, has_gauss and the cached gaussian, bit for bit
+
+
+@pytest.fixture
+def kernel_draws(monkeypatch):
+    """Counts the calls of the kernel that draws the global stream itself (the test fails if
+    it is not reached: the global state must be MT19937 over NumPy's layout here)."""
+    from fastbp.kernels import dropout
+
+    assert global_mt19937() is not None
+    calls = []
+    drawing = dropout.dropout_forward_mt19937
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return drawing(*args)
+
+    monkeypatch.setattr(dropout, "dropout_forward_mt19937", spy)
+    return calls
+
+
+@pytest.mark.parametrize("seed", [0, 42, 2**32 - 1])
+@pytest.mark.parametrize("pos, gauss", [(None, False), (None, True), (0, False), (1, True),
+                                        (2, False), (311, False), (622, False), (623, True),
+                                        (624, False)])
+@pytest.mark.parametrize("shape", [(0,), (0, 5), (), (1,), (311,), (312,), (313,), (624,),
+                                   (100, 100), (7, 13, 3)])
+def test_kernel_draws_rands_stream_bit_for_bit(kernel_draws, seed, pos, gauss, shape):
+    for dtype in (np.float32, np.float64):
+        x = np.random.default_rng(seed % 97).standard_normal(shape).astype(dtype)
+        dout = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+        start = global_state(seed, pos, gauss)
+        want = reference.layers.Dropout(0.4)
+        want_out, want_dx = want.forward(x), want.backward(dout)
+        after = np.random.get_state()  # noqa: NPY002
+        next_draws, next_gauss = np.random.rand(5), np.random.randn()  # noqa: NPY002
+        np.random.set_state(start)  # noqa: NPY002
+        layer = layers.Dropout(0.4)
+        out = layer.forward(x)
+        assert_same_global_state(after)
+        assert np.random.rand(5).tobytes() == next_draws.tobytes()  # noqa: NPY002
+        assert np.random.randn() == next_gauss  # noqa: NPY002 (the gaussian cache kept)
+        assert out.dtype == dtype and out.tobytes() == want_out.tobytes()
+        np.testing.assert_array_equal(layer.mask, want.mask)
+        assert layer.backward(dout).tobytes() == want_dx.tobytes()
+    assert kernel_draws == [shape] * 2
+
+
+@pytest.mark.parametrize("pos", [None, 1, 623])
+@pytest.mark.parametrize("n", [0, 1, 311, 312, 313, 624, 625, 10000, 100000])
+def test_mt19937_uniforms_are_rands_doubles(pos, n):
+    from fastbp.kernels import dropout
+
+    for seed in (3, 12345):
+        start = global_state(seed, pos)
+        want = np.random.rand(n)  # noqa: NPY002
+        after = np.random.get_state()  # noqa: NPY002
+        np.random.set_state(start)  # noqa: NPY002
+        lock, state = global_mt19937()
+        u = np.empty(n)
+        with lock:
+            dropout.mt19937_uniforms(state, u)
+        assert u.tobytes() == want.tobytes()
+        assert_same_global_state(after)
+
+
+@pytest.mark.parametrize("pos", [625, 1000, -1])
+def test_a_position_outside_the_state_is_left_to_np_random_rand(kernel_draws, pos):
+    """``set_state`` accepts any ``pos``; the kernel then leaves the draw to NumPy. (Only an
+    empty ``x``: NumPy itself reads outside the state there.)"""
+    name, key, _, has_gauss, cached = global_state(0)
+    np.random.set_state((name, key, pos, has_gauss, cached))  # noqa: NPY002
+    layer = layers.Dropout(0.5)
+    assert layer.forward(np.ones((0, 3))).shape == (0, 3)
+    assert kernel_draws == []
+    assert np.random.get_state()[2] == pos  # noqa: NPY002
+    np.random.seed(0)  # noqa: NPY002
+
+
+def test_a_draw_equal_to_the_ratio_is_dropped(kernel_draws):
+    np.random.seed(5)  # noqa: NPY002
+    u = np.random.rand(40)  # noqa: NPY002
+    x = np.ones(40)
+    for j in (0, 17, 39):
+        for L in BACKENDS.values():
+            np.random.seed(5)  # noqa: NPY002
+            layer = L.Dropout(u[j])
+            layer.forward(x)
+            np.testing.assert_array_equal(layer.mask, u > u[j])
+            assert not layer.mask[j]
+
+
+def test_kernel_draws_and_other_threads_are_serialised(kernel_draws):
+    """A draw in the kernel and ``np.random.rand`` in other threads take the generator's lock:
+    none is lost or repeated, so the state ends where the same draws, one after the other,
+    leave it (it depends on how many words were drawn, not on their order)."""
+    import threading
+
+    x = np.ones((200, 300))
+    np.random.seed(11)  # noqa: NPY002
+    layer = layers.Dropout(0.5)
+
+    def dropouts():
+        for _ in range(50):
+            layer.forward(x)
+
+    def rands():
+        for _ in range(200):
+            np.random.rand(20000)  # noqa: NPY002
+
+    workers = [threading.Thread(target=f) for f in (dropouts, rands, dropouts, rands)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    after = np.random.get_state()  # noqa: NPY002
+    np.random.seed(11)  # noqa: NPY002
+    np.random.rand(2 * 50 * x.size + 2 * 200 * 20000)  # noqa: NPY002
+    assert_same_global_state(after)
+    assert len(kernel_draws) == 100
+
+
+@pytest.mark.parametrize("how", ["rand replaced", "not MT19937", "layout check fails",
+                                 "state differs"])
+def test_fallback_draws_with_np_random_rand(monkeypatch, how):
+    from fastbp import _globalrandom
+    from fastbp.kernels import dropout
+
+    x = np.random.default_rng(0).standard_normal((30, 20)).astype(np.float32)
+    np.random.seed(8)  # noqa: NPY002
+    get_state, set_state = np.random.get_state, np.random.set_state
+    rand = np.random.rand
+    calls = []
+    if how == "rand replaced":
+        def counted(*shape):
+            calls.append(shape)
+            return rand(*shape)
+
+        monkeypatch.setattr(np.random, "rand", counted)
+    elif how == "not MT19937":
+        pcg = np.random.PCG64(3)
+        monkeypatch.setattr(np.random, "rand", np.random.RandomState(pcg).rand)
+        get_state, set_state = (lambda: pcg.state), (lambda st: setattr(pcg, "state", st))
+    else:
+        monkeypatch.setattr(_globalrandom, "_cache", None)
+        monkeypatch.setattr(_globalrandom, "_checked", None)
+        if how == "layout check fails":
+            monkeypatch.setattr(_globalrandom, "_layout_is_numpys", lambda: False)
+        else:
+            monkeypatch.setattr(_globalrandom, "_matches", lambda view, bg: False)
+    assert _globalrandom.global_mt19937() is None
+    monkeypatch.setattr(dropout, "dropout_forward_mt19937", None)  # must not be reached
+    start = get_state()
+    results = []
+    for L in (reference.layers, layers):
+        set_state(start)
+        layer = L.Dropout(0.3)
+        results.append((layer.forward(x).tobytes(), layer.mask, pickle.dumps(get_state())))
+    (want_out, want_mask, want_state), (out, mask, state) = results
+    assert out == want_out
+    np.testing.assert_array_equal(mask, want_mask)
+    assert state == want_state and state != pickle.dumps(start)
+    if how == "rand replaced":
+        assert calls == [(30, 20)] * 2
 
 
 # --- NUMERICS.md rows -------------------------------------------------------------------
