@@ -20,6 +20,7 @@ from fastbp.reference.layers import (
     BATCHNORM_EPS,
     AddLayer,
     MulLayer,
+    batchnorm_attributes,
     dropout_uniforms,
     running_statistics,
 )
@@ -559,21 +560,8 @@ class BatchNormalization:
     """
 
     def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None):
-        self.gamma = gamma
-        self.beta = beta
-        self.momentum = momentum
-        self.input_shape = None
-        self.running_mean = running_mean
-        self.running_var = running_var
-        self.batch_size = None
-        self.std = None
-        self.dgamma = None
-        self.dbeta = None
-        self._xc = None
-        self._xn = None
-        self._owned = {}
-        self._saved = None
         self._train_saved = None
+        batchnorm_attributes(self, gamma, beta, momentum, running_mean, running_var)
 
     def forward(self, x, train_flg=True):
         x = v._as_array(x, "x")

@@ -387,6 +387,24 @@ def running_statistics(layer, d, dtype, x_shape, train):
     return stats
 
 
+def batchnorm_attributes(layer, gamma, beta, momentum, running_mean, running_var):
+    """Give a new BatchNormalization (either backend) the book's attributes."""
+    layer.gamma = gamma
+    layer.beta = beta
+    layer.momentum = momentum
+    layer.input_shape = None
+    layer.running_mean = running_mean
+    layer.running_var = running_var
+    layer.batch_size = None
+    layer.xc = None
+    layer.xn = None
+    layer.std = None
+    layer.dgamma = None
+    layer.dbeta = None
+    layer._owned = {}
+    layer._saved = None
+
+
 class BatchNormalization:
     """Batch normalisation, as the book's ``common/layers.py`` computes it.
 
@@ -420,20 +438,7 @@ class BatchNormalization:
     """
 
     def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None):
-        self.gamma = gamma
-        self.beta = beta
-        self.momentum = momentum
-        self.input_shape = None
-        self.running_mean = running_mean
-        self.running_var = running_var
-        self.batch_size = None
-        self.xc = None
-        self.xn = None
-        self.std = None
-        self.dgamma = None
-        self.dbeta = None
-        self._owned = {}
-        self._saved = None
+        batchnorm_attributes(self, gamma, beta, momentum, running_mean, running_var)
 
     def forward(self, x, train_flg=True):
         x = v._as_array(x, "x")
