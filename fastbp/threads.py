@@ -14,8 +14,11 @@ The default (``set_num_threads(None)``)
   all cores), and only on cores that are idle at that moment
   (:data:`~fastbp.kernels.parallel.ADAPT_TO_LOAD`: the running-task count of ``/proc/loadavg`` is
   read, 2 us). Both settings are changed for a block with
-  :func:`fastbp.kernels.parallel.settings`. A BLAS worker still spinning after
-  a product counts as busy, so a kernel that follows a product runs serial.
+  :func:`fastbp.kernels.parallel.settings`. numba's own worker threads that are still running
+  (leaving the previous parallel region) count as idle: they are ours, and without that every
+  kernel that followed a threaded one ran serial (BatchNormalization's backward after its
+  forward: 2x slower). A BLAS worker still spinning after a product counts as busy, so a kernel
+  that follows a product runs serial.
 * numba's OpenMP threads **sleep** when they wait (``OMP_WAIT_POLICY=PASSIVE``, set only while
   numba starts its pool, unless you set it yourself), so they never hold a core that a BLAS
   thread or the other kernel thread needs.

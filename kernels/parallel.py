@@ -142,6 +142,56 @@ def idle_cores(ours=0):
     return max(0, min(_cpus - 1, _cpus - running + ours))
 
 
+_workers = ()
+"""Open ``/proc/self/task/<tid>/stat`` files of numba's worker threads (found by
+:func:`_note_workers`). A worker that is still running when the next kernel asks for threads
+(GNU OpenMP's thread leaving the last parallel region, going to sleep) shows as a running task
+in ``/proc/loadavg``, but it is ours and takes the next region's work at once."""
+
+_workers_team = 1
+"""The largest team whose new worker threads were looked for."""
+
+_workers_lock = threading.Lock()
+
+
+def _task_ids():
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+def _note_workers(before):
+    """After the first threaded call of a larger team than any before: the tasks that are new
+    since ``before`` (:func:`_task_ids`) are numba's worker threads."""
+    global _workers
+    after = _task_ids()
+    if before is None or after is None:
+        return
+    fds = list(_workers)
+    for tid in sorted(after - before):
+        try:
+            fds.append(os.open(f"/proc/self/task/{tid}/stat", os.O_RDONLY))
+        except OSError:
+            continue
+    _workers = tuple(fds)
+
+
+def running_workers():
+    """How many of numba's worker threads are running now (state ``R``): tasks that
+    :func:`idle_cores` should count as the caller's own. 0 where none are known."""
+    count = 0
+    for fd in _workers:
+        try:
+            stat = os.pread(fd, 512, 0)
+        except OSError:  # the thread has exited
+            continue
+        end = stat.rfind(b")")
+        if stat[end + 2:end + 3] == b"R":
+            count += 1
+    return count
+
+
 _POOL_READY = False
 _POOL_LOCK = threading.Lock()
 """Held while numba's pool starts: two Python threads starting it at once would both set and
@@ -160,11 +210,22 @@ _FORKED_FROM_POOL = False
 fork-safe (numba kills such a child on its first parallel call), so it runs the serial builds."""
 
 
+def _forget_workers():
+    global _workers, _workers_team, _workers_lock
+    for fd in _workers:  # the parent's threads: not this process's
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _workers, _workers_team, _workers_lock = (), 1, threading.Lock()
+
+
 def _after_fork_in_child():
     global _FORKED_FROM_POOL, _POOL_LOCK
     from numba.np.ufunc import parallel as numba_parallel
 
     _POOL_LOCK = threading.Lock()  # another thread of the parent may have held it at the fork
+    _forget_workers()
     if numba_parallel._is_initialized:
         _FORKED_FROM_POOL = True
 
@@ -219,7 +280,7 @@ def threads_for(size):
         return 1
     n = numba.get_num_threads()
     if ADAPT_TO_LOAD and threshold > 0 and n > 1 and not count_fixed():
-        idle = idle_cores()
+        idle = idle_cores(running_workers())
         if idle is not None:
             n = min(n, 1 + idle)
     return n
@@ -261,6 +322,20 @@ def sized(fn=None, *, fastmath=False):
 
 def _run_threaded(parallel, n, args):
     """Call the threaded build on ``n`` threads (numba's count is per calling thread)."""
+    global _workers_team
+    if n > _workers_team:  # a larger team than before: its new threads are numba's workers
+        with _workers_lock:
+            if n > _workers_team:
+                before = _task_ids()
+                try:
+                    return _run_threads(parallel, n, args)
+                finally:
+                    _note_workers(before)
+                    _workers_team = n
+    return _run_threads(parallel, n, args)
+
+
+def _run_threads(parallel, n, args):
     saved = numba.get_num_threads()
     if n == saved:
         return parallel(*args)

@@ -46,11 +46,11 @@ def test_serial_below_threshold_and_forced_threads_at_zero():
 
 
 def test_load_check_never_exceeds_the_count(monkeypatch):
-    monkeypatch.setattr(parallel, "idle_cores", lambda: 0)
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 0)
     assert parallel.threads_for(BIG) == 1
-    monkeypatch.setattr(parallel, "idle_cores", lambda: 64)
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 64)
     assert parallel.threads_for(BIG) == numba.get_num_threads()
-    monkeypatch.setattr(parallel, "idle_cores", lambda: 0)
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 0)
     with parallel.settings(adapt_to_load=False):
         assert parallel.threads_for(BIG) == numba.get_num_threads()
     assert parallel.threads_for(BIG) == 1
@@ -99,7 +99,7 @@ def test_old_jit_names_read_through_and_refuse_writes():
 def test_a_count_set_in_one_thread_leaves_the_others_alone(monkeypatch):
     """``threads(n)`` in one Python thread changes neither the count nor the load check that
     another Python thread gets."""
-    monkeypatch.setattr(parallel, "idle_cores", lambda: 0)  # a busy machine: adaptive gives 1
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 0)  # busy: adaptive gives 1
     n = numba.config.NUMBA_NUM_THREADS
     inside, other = threading.Event(), threading.Event()
     seen = {}
@@ -165,6 +165,39 @@ def test_idle_cores_is_a_count_or_none():
     assert n is None or 0 <= n <= (os.cpu_count() or 1) - 1
     credited = parallel.idle_cores(ours=1000)  # never more than the cores beside the caller's
     assert credited is None or credited == (os.cpu_count() or 1) - 1
+
+
+WORKERS = r"""
+import os, numba, numpy as np
+from fastbp import layers
+from fastbp.kernels import parallel
+before = set(os.listdir("/proc/self/task"))
+x = np.zeros(parallel.PARALLEL_MIN_ELEMENTS * 4)
+with parallel.settings(adapt_to_load=False):  # a team of every thread, whatever the load
+    layers.Relu().forward(x)
+new = set(os.listdir("/proc/self/task")) - before
+print(numba.get_num_threads(), len(new), len(parallel._workers), parallel.running_workers())
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
+def test_numbas_workers_are_found_and_counted_as_ours(monkeypatch):
+    """The first threaded kernel finds numba's new worker threads; threads_for counts the
+    running ones as the caller's own (a worker still leaving the last region shows as a running
+    task in /proc/loadavg, and without this every kernel after a threaded one ran serial)."""
+    proc = subprocess.run([sys.executable, "-c", WORKERS], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    threads_count, new, found, running = map(int, proc.stdout.split())
+    if threads_count < 2:
+        pytest.skip("numba has one thread here")
+    assert threads_count - 1 <= found <= new
+    assert 0 <= running <= found
+    seen = []
+    monkeypatch.setattr(parallel, "running_workers", lambda: 3)
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: seen.append(ours) or 0)
+    parallel.threads_for(BIG)
+    assert seen == [3]
 
 
 def _everything(dtype):
