@@ -74,3 +74,19 @@ class _LayerTimings:
     def peakmem_forward_backward(self, backend, dtype, size):
         self.forward()
         self.backward()
+
+
+class _StepTimings:
+    """``time_step`` and ``peakmem_step`` of one training step: ``setup`` sets ``self.step``
+    and calls :meth:`warm_steps`. (The leading underscore keeps asv from collecting it.)"""
+
+    def warm_steps(self, count=3):
+        """Run the step ``count`` times: JIT compilation, caches and pages of first use."""
+        for _ in range(count):
+            self.step()
+
+    def time_step(self, *params):
+        self.step()
+
+    def peakmem_step(self, *params):
+        self.step()

@@ -10,12 +10,12 @@ most of a second, so the repeat counts are small.
 
 import numpy as np
 
-from . import DTYPES, torch_or_skip
+from . import DTYPES, _StepTimings, torch_or_skip
 
 SHAPE = (100, 1, 28, 28)
 
 
-class ConvNetStep:
+class ConvNetStep(_StepTimings):
     params = [["simpleconv", "deepconv"], ["reference", "kernel", "torch"],  # noqa: RUF012
               DTYPES]
     param_names = ["net", "backend", "dtype"]  # noqa: RUF012
@@ -33,16 +33,10 @@ class ConvNetStep:
             self.step = torch_convnet_step(net, SHAPE, dtype)
         else:
             self.step = convnet_step(backend, net, SHAPE, np.dtype(dtype))
-        self.step()  # JIT compilation, caches and pages of first use
-
-    def time_step(self, net, backend, dtype):
-        self.step()
-
-    def peakmem_step(self, net, backend, dtype):
-        self.step()
+        self.warm_steps(1)
 
 
-class DropIn:
+class DropIn(_StepTimings):
     """The book's SimpleConvNet class, unchanged but for the layer module it imports."""
 
     params = [["reference", "kernel"], DTYPES]  # noqa: RUF012
@@ -58,10 +52,4 @@ class DropIn:
         from fastbp.nets import layer_module
 
         self.step = book_simple_convnet_step(layer_module(backend), SHAPE, np.dtype(dtype))
-        self.step()
-
-    def time_step(self, backend, dtype):
-        self.step()
-
-    def peakmem_step(self, backend, dtype):
-        self.step()
+        self.warm_steps(1)

@@ -2,10 +2,10 @@
 and the book's own net code on each backend's layers, the drop-in case (784-50-10, MNIST's
 shape, and 64-100-10, the digits')."""
 
-from . import BACKENDS, DTYPES, SHAPES, torch_or_skip
+from . import BACKENDS, DTYPES, SHAPES, _StepTimings, torch_or_skip
 
 
-class TrainingStep:
+class TrainingStep(_StepTimings):
     params = [BACKENDS, DTYPES]  # noqa: RUF012 (asv reads it)
     param_names = ["backend", "dtype"]  # noqa: RUF012
 
@@ -22,17 +22,10 @@ class TrainingStep:
             from fastbp.bench import training_step
 
             self.step = training_step(backend, size, dtype)
-        for _ in range(3):
-            self.step()
-
-    def time_step(self, backend, dtype):
-        self.step()
-
-    def peakmem_step(self, backend, dtype):
-        self.step()
+        self.warm_steps()
 
 
-class BookTrainingStep:
+class BookTrainingStep(_StepTimings):
     """The book's ``TwoLayerNet`` code, with ``from fastbp.layers import *`` (kernel) or the
     NumPy reference layers: it runs every layer's backward, the first ``dx`` included."""
 
@@ -44,8 +37,4 @@ class BookTrainingStep:
         from fastbp.bench import book_training_step
 
         self.step = book_training_step(backend, self.shapes[shape], dtype)
-        for _ in range(3):
-            self.step()
-
-    def time_step(self, backend, dtype, shape):
-        self.step()
+        self.warm_steps()

@@ -1,7 +1,7 @@
 """One SGD step of the book's MultiLayerNetExtend with batch norm and dropout (784 -> 5 x 100
 -> 10, batch 100), as ``ch06/batch_norm_test.py`` and ``ch06/overfit_dropout.py`` build it."""
 
-from . import DTYPES
+from . import DTYPES, _StepTimings
 
 BATCH, INPUT, HIDDEN, DEPTH, CLASSES = 100, 784, 100, 5, 10
 
@@ -28,18 +28,11 @@ def extend_training_step(backend, dtype, seed=1):
     return run
 
 
-class TrainingStepExtend:
+class TrainingStepExtend(_StepTimings):
     params = [["reference", "kernel"], DTYPES]  # noqa: RUF012 (asv reads it)
     param_names = ["backend", "dtype"]  # noqa: RUF012
     timeout = 300
 
     def setup(self, backend, dtype):
         self.step = extend_training_step(backend, dtype)
-        for _ in range(3):
-            self.step()
-
-    def time_step(self, backend, dtype):
-        self.step()
-
-    def peakmem_step(self, backend, dtype):
-        self.step()
+        self.warm_steps()

@@ -21,6 +21,7 @@ from fastbp.reference.layers import (
     AddLayer,
     MulLayer,
     batchnorm_attributes,
+    dropout_attributes,
     dropout_uniforms,
     running_statistics,
 )
@@ -487,11 +488,7 @@ class Dropout:
     """
 
     def __init__(self, dropout_ratio=0.5, *, rng=None):
-        v.dropout_ratio(dropout_ratio)
-        self.dropout_ratio = dropout_ratio
-        self.rng = v.random_source(rng)
-        self.mask = None
-        self._saved = None
+        dropout_attributes(self, dropout_ratio, rng)
 
     def forward(self, x, train_flg=True):
         ratio = v.dropout_ratio(self.dropout_ratio)

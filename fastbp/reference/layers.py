@@ -319,6 +319,15 @@ def dropout_uniforms(rng, shape):
     return u
 
 
+def dropout_attributes(layer, dropout_ratio, rng):
+    """Check the ratio and give a new Dropout (either backend) its attributes."""
+    v.dropout_ratio(dropout_ratio)
+    layer.dropout_ratio = dropout_ratio
+    layer.rng = v.random_source(rng)
+    layer.mask = None
+    layer._saved = None
+
+
 class Dropout:
     """Dropout as in the book: ``x * mask`` in training, ``x * (1 - dropout_ratio)`` in test mode.
 
@@ -331,11 +340,7 @@ class Dropout:
     """
 
     def __init__(self, dropout_ratio=0.5, *, rng=None):
-        v.dropout_ratio(dropout_ratio)
-        self.dropout_ratio = dropout_ratio
-        self.rng = v.random_source(rng)
-        self.mask = None
-        self._saved = None
+        dropout_attributes(self, dropout_ratio, rng)
 
     def forward(self, x, train_flg=True):
         ratio = v.dropout_ratio(self.dropout_ratio)
