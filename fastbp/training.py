@@ -160,13 +160,7 @@ def load_data(name, mnist_dir=None, dtype=np.float64):
     if name == "digits":
         (x_train, t_train), (x_test, t_test) = datasets.load_digits()
     elif name == "mnist":
-        directory = mnist_dir
-        if directory is None:
-            try:
-                directory = datasets._find_mnist_dir()
-            except FileNotFoundError as exc:
-                raise FileNotFoundError(f"{exc}\n(fastbp train takes the directory as "
-                                        "--mnist-dir DIR)") from exc
+        directory = mnist_directory(mnist_dir)
         if _mnist_test_only(directory):
             (x_train, t_train), (x_test, t_test) = _mnist_test_split(directory)
         else:
@@ -180,11 +174,19 @@ def load_data(name, mnist_dir=None, dtype=np.float64):
     return prepare(x_train, t_train), prepare(x_test, t_test)
 
 
-def _mnist_dir_used(mnist_dir):
-    """``mnist_dir``, or the directory :func:`fastbp.datasets.load_mnist` would search out."""
+def mnist_directory(mnist_dir):
+    """``mnist_dir``, or the directory :func:`fastbp.datasets.load_mnist` would search out
+    (``FileNotFoundError`` naming every place searched, and ``--mnist-dir``, where none holds
+    MNIST)."""
     from fastbp import datasets
 
-    return mnist_dir if mnist_dir is not None else datasets._find_mnist_dir()
+    if mnist_dir is not None:
+        return mnist_dir
+    try:
+        return datasets._find_mnist_dir()
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}\n(fastbp train takes the directory as "
+                                "--mnist-dir DIR)") from exc
 
 
 def _mnist_test_only(mnist_dir):
@@ -201,16 +203,7 @@ def _mnist_test_split(mnist_dir):
     """The t10k images split by a fixed shuffle into MNIST_TEST_ONLY_TRAIN_SIZE / the rest."""
     from fastbp import datasets
 
-    files = datasets._files_in(mnist_dir)
-    images_file, labels_file = files["test_img"], files["test_label"]
-    images = datasets.read_idx(images_file, 2051)
-    labels = datasets.read_idx(labels_file, 2049)
-    if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
-        raise ValueError(f"{images_file} holds images of shape {images.shape} but "
-                         f"{labels_file} holds {labels.shape[0]} labels (MNIST: 28x28 images, "
-                         "one label each)")
-    if labels.size and labels.max() > 9:
-        raise ValueError(f"{labels_file}: label {int(labels.max())} is not a digit 0..9")
+    images, labels = datasets._load_pair(datasets._files_in(mnist_dir), "test_img", "test_label")
     if images.shape[0] <= MNIST_TEST_ONLY_TRAIN_SIZE:
         raise ValueError(f"{mnist_dir} holds only the t10k files, with {images.shape[0]} images: "
                          f"too few to keep {MNIST_TEST_ONLY_TRAIN_SIZE} for training and test "
@@ -607,8 +600,11 @@ def run(args):
               "--net simpleconv", file=err)
         return 2
     dtype = np.dtype(args.dtype)
+    mnist_dir = args.mnist_dir
     try:
-        data = load_data(data_name, args.mnist_dir, dtype)
+        if data_name == "mnist":
+            mnist_dir = mnist_directory(mnist_dir)  # searched once, here
+        data = load_data(data_name, mnist_dir, dtype)
     except (ImportError, OSError, ValueError) as exc:
         print(f"fastbp train: {exc}", file=err)
         return 1
@@ -619,8 +615,8 @@ def run(args):
                         net=args.net)
             for b in backends]
     n_train, n_test = data[0][0].shape[0], data[1][0].shape[0]
-    if data_name == "mnist" and _mnist_test_only(_mnist_dir_used(args.mnist_dir)):
-        print(f"fastbp train: {_mnist_dir_used(args.mnist_dir)} holds only the t10k files: "
+    if data_name == "mnist" and _mnist_test_only(mnist_dir):
+        print(f"fastbp train: {mnist_dir} holds only the t10k files: "
               f"training on {n_train} of their images and testing on the other {n_test} "
               "(a fixed shuffle)", file=out)
     print(f"fastbp train: {data_name} ({n_train} train / {n_test} test, "
