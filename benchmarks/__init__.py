@@ -4,10 +4,9 @@ Every layer class has ``params = [backend, dtype, size]``. ``backend`` is ``refe
 NumPy oracle, :mod:`fastbp.reference.layers`), ``kernel`` (:mod:`fastbp.layers`) or ``torch``
 (PyTorch eager with autograd, skipped where it is not installed). ``size`` is ``book`` or
 ``medium``; ``large`` joins them when ``FASTBP_BENCH_FULL=1`` (it takes seconds per call for
-Affine); ``FASTBP_BENCH_SIZES=book`` (a comma-separated list) keeps only those. The shapes are
-``fastbp bench``'s (:data:`fastbp.bench.SIZES`), so both time the same cases. ``setup`` builds
-seeded data and warms the JIT (and the caches of first use), so no ``time_*`` includes a
-compilation; :mod:`.bench_compile` times those separately.
+Affine). The shapes are ``fastbp bench``'s (:data:`fastbp.bench.SIZES`), so both time the same
+cases. ``setup`` builds seeded data and warms the JIT (and the caches of first use), so no
+``time_*`` includes a compilation; :mod:`.bench_compile` times those separately.
 
 ``asv continuous`` runs this suite, as it is in the working tree, against older commits too: it
 imports only names that those have (``fastbp.nets.BACKENDS``, ``fastbp.bench.SIZES``).
@@ -23,8 +22,6 @@ from fastbp.nets import BACKENDS as FASTBP_BACKENDS
 BACKENDS = [*FASTBP_BACKENDS, "torch"]
 DTYPES = ["float32", "float64"]
 SIZES = ["book", "medium"] + (["large"] if os.environ.get("FASTBP_BENCH_FULL") == "1" else [])
-if os.environ.get("FASTBP_BENCH_SIZES"):  # CI's quick pass: "book" only
-    SIZES = os.environ["FASTBP_BENCH_SIZES"].split(",")
 
 
 def torch_or_skip():
