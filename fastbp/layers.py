@@ -7,6 +7,7 @@ A drop-in for the book's ``common/layers.py`` and ``ch05/layer_naive.py``: repla
 attribute names. :mod:`fastbp.reference.layers` holds the same classes in plain NumPy.
 """
 
+import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -404,6 +405,78 @@ def _over_images(images, n, size, flops_per_image):
         finally:
             for f in futures:
                 f.result()
+
+
+class _ConvReluPool:
+    """The book's ``Convolution -> Relu -> Pooling(2, 2, stride=2)`` block, forward and the
+    parameters' backward, in two fused kernels (:func:`fastbp.kernels.conv.conv_relu_pool`):
+    the first block of ``SimpleConvNet``, whose input needs no gradient.
+
+    It works through the three layers it is given and reads their settings at every call; use
+    :meth:`fits` first. ``forward`` validates as ``Convolution.forward`` does and sets the
+    Convolution's ``x``; ``backward_params`` sets its ``dW`` and ``db``. The Relu's and the
+    Pooling's own state (``mask``, ``x``) is not touched: the block never makes their inputs.
+    """
+
+    def __init__(self, conv, relu, pool_layer):
+        self.conv, self.relu, self.pool = conv, relu, pool_layer
+        self._state = None
+
+    def fits(self):
+        """Whether the layers are (still) the block the kernels compute: fastbp's own
+        Convolution at stride 1, Relu, and a 2x2 Pooling at stride 2 without padding."""
+        conv, relu, p = self.conv, self.relu, self.pool
+        return (type(conv) is Convolution and type(relu) is Relu and type(p) is Pooling
+                and _is_int(conv.stride, 1) and _is_int(p.pool_h, 2) and _is_int(p.pool_w, 2)
+                and _is_int(p.stride, 2) and _is_int(p.pad, 0))
+
+    def forward(self, x):
+        """The Pooling's output for images ``x`` (N, C, H, W)."""
+        layer = self.conv
+        x = v._as_array(x, "x")
+        W = v._as_array(layer.W, "W")
+        _, pad, oh, ow = v.conv_geometry(x, W, layer.b, layer.stride, layer.pad)
+        if oh < 2 or ow < 2:
+            raise ValueError(f"Pooling: a 2x2 window does not fit the convolution's {oh}x{ow} "
+                             "output")
+        (xc, Wc, bc), out_dtype = v.float_inputs(("x", "W", "b"), x, W, layer.b,
+                                                 contiguous=True)
+        n, c, h, w = xc.shape
+        fn, _, fh, fw = W.shape
+        if pad:
+            xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=xc.dtype)
+            xp[:, :, pad:pad + h, pad:pad + w] = xc
+        else:
+            xp = xc
+        taps = np.empty(c * fh * fw, dtype=np.intp)
+        conv.tap_offsets(c, fh, fw, xp.shape[2], xp.shape[3], taps)
+        out = np.empty((n, fn, oh // 2, ow // 2), dtype=xc.dtype)
+        code = np.empty(out.shape, dtype=np.uint8)
+        conv.conv_relu_pool(out, code, xp, Wc.reshape(fn, c * fh * fw), v.bias_vector(bc, fn),
+                            taps)
+        layer.x, layer._col, layer._W2 = xc, None, None
+        self._state = (xp, taps, out, code, W.shape, out_dtype)
+        return v.as_result(out, out_dtype)
+
+    def backward_params(self, dout):
+        """Set the Convolution's ``dW`` and ``db`` from ``dout``, the gradient at the Pooling's
+        output. Returns nothing: the images' gradient is not computed."""
+        v.require_forward(self._state, "the Convolution-Relu-Pooling block")
+        xp, taps, out, code, w_shape, forward_dtype = self._state
+        dout = v.gradient_for(dout, out.shape, "Pooling")
+        out_dtype, work = v.backward_dtypes(forward_dtype, dout)
+        d = np.asarray(dout, dtype=work, order="C")
+        xp, out = xp.astype(work, copy=False), out.astype(work, copy=False)  # exact
+        fn = w_shape[0]
+        dW = np.empty((fn, taps.size), dtype=work)
+        db = np.empty(fn, dtype=work)
+        conv.conv_relu_pool_params(d, out, code, xp, taps, dW, db)
+        self.conv.dW = v.as_result(dW.reshape(w_shape), out_dtype)
+        self.conv.db = v.as_result(db, out_dtype)
+
+
+def _is_int(value, want):
+    return isinstance(value, numbers.Integral) and value == want
 
 
 class Pooling:

@@ -20,6 +20,7 @@ import numpy as np
 
 from fastbp.backends import BACKENDS, layer_module
 from fastbp.gradient import numerical_gradient
+from fastbp.threads import PRODUCT_THREADS_MIN_FLOPS, ProductThreads
 
 __all__ = ["BACKENDS", "DeepConvNet", "MultiLayerNet", "MultiLayerNetExtend", "SimpleConvNet",
            "TwoLayerNet", "layer_module"]
@@ -542,6 +543,16 @@ def _backward_without_dx(conv, dout):
         conv.need_dx = saved
 
 
+def _fused_block(layers):
+    """fastbp's fused Convolution-Relu-Pooling block over ``layers``, or ``None`` where they are
+    not fastbp's kernel layers (the reference backend)."""
+    from fastbp import layers as kernel_layers
+
+    if type(layers[0]) is not kernel_layers.Convolution:
+        return None
+    return kernel_layers._ConvReluPool(*layers)
+
+
 class SimpleConvNet(_ConvNet):
     """conv - relu - pool - affine - relu - affine - softmax: the book's ``ch07/simple_convnet.py``.
 
@@ -615,10 +626,45 @@ class SimpleConvNet(_ConvNet):
         self.layers["Relu2"] = L.Relu()
         self.layers["Affine2"] = L.Affine(self.params["W3"], self.params["b3"])
         self.last_layer = L.SoftmaxWithLoss()
+        self._block = None
 
     @property
     def _param_layers(self):
         return (self.layers["Conv1"], self.layers["Affine1"], self.layers["Affine2"])
+
+    def gradient(self, x, t):
+        """Gradients by backprop: a dict ``W1``, ``b1``, ... of the layers' ``dW`` and ``db``.
+
+        On the kernel backend, ``Conv1 -> Relu1 -> Pool1`` runs as one fused block (a kernel
+        for the forward pass, one for ``dW1`` and ``db1``; no ``dx`` for the images), while the
+        layers are the book's (the Convolution at stride 1). ``Conv1``'s ``x``, ``dW`` and
+        ``db`` are set as by the layers; ``Relu1`` and ``Pool1`` keep their state from their
+        last own call. The other layers run as they are.
+        """
+        layers = self._layer_list()
+        block = self._block
+        if block is None or block.conv is not layers[0] or block.relu is not layers[1] \
+                or block.pool is not layers[2]:
+            block = self._block = _fused_block(layers[:3])
+        if block is None or not block.fits():
+            return super().gradient(x, t)
+        self._check_images(x)
+        z = block.forward(x)
+        # The products run on one BLAS thread: a BLAS worker spins on its core for 50-100 ms
+        # after a threaded product, and the block's kernels, which gain more from the cores,
+        # would then find none idle (see fastbp.threads).
+        with ProductThreads(PRODUCT_THREADS_MIN_FLOPS, most=1):
+            for layer in layers[3:]:
+                z = layer.forward(z)
+            self.last_layer.forward(z, t)
+            dout = self.last_layer.backward(1)
+            for layer in reversed(layers[3:]):
+                dout = layer.backward(dout)
+        block.backward_params(dout)
+        grads = {}
+        for idx, layer in enumerate(self._param_layers, start=1):
+            grads[f"W{idx}"], grads[f"b{idx}"] = layer.dW, layer.db
+        return grads
 
     def predict(self, x):
         """The logits of images ``x`` of shape (N, C, H, W)."""

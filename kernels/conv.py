@@ -15,8 +15,13 @@ Every kernel is parallel over images (``prange``): a thread owns whole images of
 the accumulations of ``col2im``/``fold`` never race, and each element is summed in the same
 order at any thread count: the book's order (window offsets (fh, fw) ascending), so the results
 are bit-identical to the NumPy reference's ``col2im``.
+
+The fused block ``conv_relu_pool`` / ``conv_relu_pool_params`` is the first block of the book's
+``SimpleConvNet`` (Convolution at stride 1, Relu, 2x2 max Pooling at stride 2) in one pass, with
+no column matrix: see :func:`conv_relu_pool`.
 """
 
+import numpy as np
 from numba import prange
 
 from .jit import kernel
@@ -206,3 +211,201 @@ def fold(col, fh, fw, stride, pad, dx):
     ow = (dx.shape[3] + 2 * pad - fw) // stride + 1
     for image in prange(dx.shape[0]):
         _fold_image(col[image], fh, fw, stride, pad, oh, ow, dx[image])
+
+
+# --- the fused block: Convolution (stride 1) -> Relu -> 2x2 max Pooling (stride 2) -----------
+#
+# An image ``xp`` (C, Hp, Wp), already padded, is read as one flat vector. For stride 1 the
+# convolution output at (y, o) is sum over taps (c, i, j) of W[c, i, j] * xp[c, y + i, o + j],
+# and xp[c, y + i, o + j] is flat[y * Wp + o + tap] with tap = (c * Hp + i) * Wp + j. So one
+# filter's output plane, laid out with row stride Wp, is a sum of shifted copies of the flat
+# image: every tap is one long contiguous multiply-add of ``span`` elements (the columns from
+# 2 * PW to Wp of each row are computed and not used: cheap, and the loop vectorises whole).
+# Only the rows and columns that the pooling reads are computed (2 * PH and 2 * PW).
+
+
+@kernel
+def tap_offsets(c_count, fh, fw, hp, wp, taps):
+    """``taps[(c * FH + i) * FW + j]`` = the flat offset ``(c * Hp + i) * Wp + j`` of tap
+    (c, i, j) in an image (C, Hp, Wp)."""
+    for c in range(c_count):
+        for i in range(fh):
+            for j in range(fw):
+                taps[(c * fh + i) * fw + j] = (c * hp + i) * wp + j
+
+
+@kernel(fastmath=True)
+def _correlate_plane(xi, wrow, bias, taps, acc):
+    """``acc`` (span,) = bias + sum over taps t of ``wrow[t] * xi[taps[t]:taps[t] + span]``.
+
+    Four taps per pass over ``acc``, so that it is loaded and stored once per four products. The
+    order of the terms is fixed by the code, so every build gives the same bits."""
+    span = acc.size
+    for q in range(span):
+        acc[q] = bias
+    k = taps.size
+    t = 0
+    while t + 4 <= k:
+        w0 = wrow[t]
+        w1 = wrow[t + 1]
+        w2 = wrow[t + 2]
+        w3 = wrow[t + 3]
+        s0 = xi[taps[t]:taps[t] + span]
+        s1 = xi[taps[t + 1]:taps[t + 1] + span]
+        s2 = xi[taps[t + 2]:taps[t + 2] + span]
+        s3 = xi[taps[t + 3]:taps[t + 3] + span]
+        for q in range(span):
+            acc[q] += w0 * s0[q] + w1 * s1[q] + w2 * s2[q] + w3 * s3[q]
+        t += 4
+    while t < k:
+        w0 = wrow[t]
+        s0 = xi[taps[t]:taps[t] + span]
+        for q in range(span):
+            acc[q] += w0 * s0[q]
+        t += 1
+
+
+@kernel
+def _relu_pool_plane(acc, wp, out, code):
+    """Relu, then 2x2 max pooling at stride 2, of the plane ``acc`` (row stride ``wp``).
+
+    ``code`` gets the winner's place in its window (0, 1: upper row; 2, 3: lower row). The
+    maximum is taken over the convolution's values, which picks the same element as a maximum
+    over their Relu (the first maximum in row-major order, as :mod:`.pool`; the first NaN wins)
+    wherever the window's maximum is positive or NaN, the only windows whose gradient is
+    nonzero. Selects, not branches, as in :func:`.pool._max_plane_2x2`."""
+    zero = out.dtype.type(0)
+    oh, ow = out.shape
+    for y in range(oh):
+        upper = acc[2 * y * wp:]
+        lower = acc[(2 * y + 1) * wp:]
+        out_row = out[y]
+        code_row = code[y]
+        nan = False
+        for o in range(ow):
+            left = 2 * o
+            a = upper[left]
+            b = upper[left + 1]
+            c = lower[left]
+            d = lower[left + 1]
+            nan |= (a != a) | (b != b) | (c != c) | (d != d)
+            first = b > a
+            m1 = b if first else a
+            at1 = 1 if first else 0
+            second = d > c
+            m2 = d if second else c
+            at2 = 3 if second else 2
+            last = m2 > m1
+            best = m2 if last else m1
+            out_row[o] = zero if best <= zero else best
+            code_row[o] = at2 if last else at1
+        if nan:
+            for o in range(ow):
+                left = 2 * o
+                best = upper[left]
+                at = 0
+                for step in range(1, 4):
+                    v = upper[left + step] if step == 1 else lower[left + step - 2]
+                    if v > best or (v != v and best == best):
+                        best = v
+                        at = step
+                out_row[o] = zero if best <= zero else best
+                code_row[o] = at
+
+
+@sized
+def conv_relu_pool(out, code, xp, W, b, taps):
+    """The forward pass of Convolution (stride 1) -> Relu -> 2x2 max Pooling (stride 2).
+
+    ``xp`` (N, C, Hp, Wp) is the padded input, ``W`` (FN, C * FH * FW) the filters, ``b`` (FN,),
+    ``taps`` (C * FH * FW,) from :func:`tap_offsets`. Writes ``out`` (N, FN, PH, PW), the pooled
+    output (``2 * PH <= Hp - FH + 1``, likewise PW), and ``code`` (uint8, same shape), each
+    window's winner (see :func:`_relu_pool_plane`). Parallel over images.
+    """
+    n_img, c_count, hp, wp = xp.shape
+    fn = W.shape[0]
+    span = (2 * out.shape[2] - 1) * wp + 2 * out.shape[3]
+    for n in prange(n_img):
+        acc = np.empty(2 * out.shape[2] * wp, dtype=out.dtype)
+        xi = xp[n].reshape(c_count * hp * wp)
+        for f in range(fn):
+            _correlate_plane(xi, W[f], b[f], taps, acc[:span])
+            _relu_pool_plane(acc, wp, out[n, f], code[n, f])
+
+
+FILTER_BLOCK = 4
+""":func:`conv_relu_pool_params` works on this many filters at a time: a pass over an image's
+taps then serves four filters' sums, and the blocks are what the threads share out."""
+
+
+@kernel
+def _unpool_relu_plane(dout, out, code, wp, d):
+    """``d`` (span,), zeroed here = the gradient at the convolution's output (row stride
+    ``wp``): each window's ``dout`` at its winner where Relu let it through (``out`` positive or
+    NaN), nothing elsewhere. Returns the sum of what was placed (the plane's share of ``db``)."""
+    zero = d.dtype.type(0)
+    for q in range(d.size):
+        d[q] = zero
+    total = zero
+    oh, ow = out.shape
+    for y in range(oh):
+        for o in range(ow):
+            if not (out[y, o] <= zero):
+                k = code[y, o]
+                g = dout[y, o]
+                total += g
+                d[(2 * y + (k >> 1)) * wp + 2 * o + (k & 1)] = g
+    return total
+
+
+@kernel(fastmath=True)
+def _correlate_grads(xi, taps, d0, d1, d2, d3, acc):
+    """``acc[r, t] += sum over q of d_r[q] * xi[taps[t] + q]`` for the four planes ``d_r``."""
+    span = d0.size
+    zero = acc.dtype.type(0)
+    for t in range(taps.size):
+        xr = xi[taps[t]:taps[t] + span]
+        s0 = zero
+        s1 = zero
+        s2 = zero
+        s3 = zero
+        for q in range(span):
+            v = xr[q]
+            s0 += d0[q] * v
+            s1 += d1[q] * v
+            s2 += d2[q] * v
+            s3 += d3[q] * v
+        acc[0, t] += s0
+        acc[1, t] += s1
+        acc[2, t] += s2
+        acc[3, t] += s3
+
+
+@sized
+def conv_relu_pool_params(dout, out, code, xp, taps, dW, db):
+    """The backward pass of :func:`conv_relu_pool` for the parameters: ``dW`` (FN, C * FH * FW)
+    and ``db`` (FN,) from ``dout`` (N, FN, PH, PW), the gradient at the pooled output.
+
+    No ``dx``. Parallel over blocks of :data:`FILTER_BLOCK` filters: a thread owns whole rows of
+    ``dW``, and adds the images in order, so the sums do not depend on the thread count.
+    """
+    n_img, c_count, hp, wp = xp.shape
+    fn, k = dW.shape
+    span = (2 * out.shape[2] - 1) * wp + 2 * out.shape[3]
+    blocks = (fn + FILTER_BLOCK - 1) // FILTER_BLOCK
+    for blk in prange(blocks):
+        f0 = blk * FILTER_BLOCK
+        count = min(fn, f0 + FILTER_BLOCK) - f0
+        d = np.zeros((FILTER_BLOCK, span), dtype=dW.dtype)
+        acc = np.zeros((FILTER_BLOCK, k), dtype=dW.dtype)
+        bias = np.zeros(FILTER_BLOCK, dtype=dW.dtype)
+        for n in range(n_img):
+            for r in range(count):
+                bias[r] += _unpool_relu_plane(dout[n, f0 + r], out[n, f0 + r],
+                                              code[n, f0 + r], wp, d[r])
+            _correlate_grads(xp[n].reshape(c_count * hp * wp), taps, d[0], d[1], d[2], d[3],
+                             acc)
+        for r in range(count):
+            for t in range(k):
+                dW[f0 + r, t] = acc[r, t]
+            db[f0 + r] = bias[r]

@@ -189,8 +189,12 @@ def test_gradient_matches_numerical_gradient(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradient_skips_the_images_dx(backend):
     """gradient() asks the first Convolution for no dx, for that call only, and gets the same
-    gradients as the book's backward through every layer."""
-    net = SimpleConvNet(backend=backend, rng=0, weight_init_std=0.3, **SMALL)
+    gradients as the book's backward through every layer. (The kernel backend's fused block
+    does the same without the layer: see test_the_fused_block_*; a stride-2 Convolution, which
+    the block does not compute, goes through the layers.)"""
+    small = dict(SMALL, conv_param=dict(SMALL["conv_param"], stride=2 if backend == "kernel"
+                                        else 1))
+    net = SimpleConvNet(backend=backend, rng=0, weight_init_std=0.3, **small)
     x, t = images(3), np.array([0, 1, 2])
     conv = net.layers["Conv1"]
     seen = []
@@ -212,6 +216,183 @@ def test_gradient_skips_the_images_dx(backend):
     assert dout.shape == x.shape
     np.testing.assert_array_equal(conv.dW, grads["W1"])
     np.testing.assert_array_equal(conv.db, grads["b1"])
+
+
+# --- the kernel backend's fused Convolution-Relu-Pooling block --------------------------------
+
+FUSED_SHAPES = [
+    # (input_dim, filter_num, filter_size, pad, batch): the book's net, padding, C > 1,
+    # odd maps (the pooling leaves out the last row or column), non-square images, batch 1
+    ((1, 28, 28), 30, 5, 0, 4),
+    ((1, 10, 10), 10, 3, 0, 1),
+    ((3, 11, 9), 5, 3, 2, 3),
+    ((2, 9, 12), 4, 4, 1, 2),
+    ((1, 7, 8), 3, 1, 0, 2),
+    ((2, 8, 8), 6, 7, 2, 3),
+]
+
+
+def _book_gradient(net, x, t):
+    """The book's SimpleConvNet.gradient: backward through every layer."""
+    net.loss(x, t)
+    dout = net.last_layer.backward(1)
+    for layer in reversed(list(net.layers.values())):
+        dout = layer.backward(dout)
+    grads = [g.copy() for layer in net._param_layers for g in (layer.dW, layer.db)]
+    return dict(zip(net.params, grads, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", FUSED_SHAPES, ids=str)
+def test_the_fused_block_agrees_with_the_layers(shape, dtype):
+    """The kernel net's gradient (fused Conv1-Relu1-Pool1) against the reference net's and
+    against the kernel layers' own backward, on the same values."""
+    input_dim, filter_num, filter_size, pad, batch = shape
+    kwargs = dict(input_dim=input_dim, conv_param={"filter_num": filter_num, "filter_size":
+                  filter_size, "pad": pad, "stride": 1}, hidden_size=7, output_size=5,
+                  weight_init_std=0.3)
+    net, ref = _twin_nets(SimpleConvNet, dtype, **kwargs)
+    x = np.random.default_rng(2).standard_normal((batch, *input_dim)).astype(dtype)
+    t = np.arange(batch) % 5
+    grads = {key: g.copy() for key, g in net.gradient(x, t).items()}
+    assert net._block is not None and net._block.fits()
+    loss = net.last_layer.loss
+    want = ref.gradient(x.astype(np.float64), t)
+    layers_way = _book_gradient(net, x, t)
+    close = close64 if dtype == np.float64 else close32
+    close(loss, ref.last_layer.loss)
+    for key in want:
+        assert grads[key].dtype == dtype and grads[key].shape == want[key].shape
+        close(grads[key], want[key])
+        if dtype == np.float64:
+            close64(grads[key], layers_way[key])
+
+
+def test_the_fused_block_sets_the_convolutions_gradients():
+    net = SimpleConvNet(rng=0, weight_init_std=0.3, **SMALL)
+    x, t = images(3), np.array([0, 1, 2])
+    grads = net.gradient(x, t)
+    conv = net.layers["Conv1"]
+    assert grads["W1"] is conv.dW and grads["b1"] is conv.db
+    assert conv.dW.shape == net.params["W1"].shape and conv.db.shape == (4,)
+
+
+def test_the_fused_block_sees_in_place_updates_and_rebinding():
+    net = SimpleConvNet(rng=0, weight_init_std=0.3, **SMALL)
+    ref = SimpleConvNet(backend="reference", rng=0, weight_init_std=0.3, **SMALL)
+    x, t = images(3), np.array([0, 1, 2])
+    net.gradient(x, t)
+    for key in net.params:
+        net.params[key] *= 1.5  # in place, as the optimizers do
+        ref.params[key] *= 1.5
+    for key, g in net.gradient(x, t).items():
+        close64(g, ref.gradient(x, t)[key])
+    net.layers["Conv1"].W = net.params["W1"] = net.params["W1"] * -1.0  # rebound
+    ref.layers["Conv1"].W = ref.params["W1"] = ref.params["W1"] * -1.0
+    for key, g in net.gradient(x, t).items():
+        close64(g, ref.gradient(x, t)[key])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_fused_block_keeps_the_layers_ties_and_nans(dtype):
+    """Windows with tied maxima, all-negative windows (Relu's zeros), zeros and NaN: the fused
+    block's loss and gradients are the layers' (NaN where theirs are NaN)."""
+    kwargs = dict(input_dim=(1, 6, 6), conv_param={"filter_num": 2, "filter_size": 1, "pad": 0,
+                  "stride": 1}, hidden_size=4, output_size=3, weight_init_std=0.3)
+    net = SimpleConvNet(rng=0, dtype=dtype, **kwargs)
+    net.params["W1"][...] = np.array([1.0, -1.0]).reshape(2, 1, 1, 1)
+    x = np.zeros((2, 1, 6, 6), dtype=dtype)
+    x[0, 0, :2, :2] = [[2.0, 2.0], [2.0, 1.0]]  # a tie: the first of the 2s wins
+    x[0, 0, 2:4, 0:2] = [[-1.0, -3.0], [-2.0, -1.0]]  # negative: filter 2 sees positives
+    x[0, 0, 4:6, 4:6] = [[0.5, 3.0], [3.0, 0.5]]
+    x[1] = np.random.default_rng(0).standard_normal((1, 6, 6))
+    t = np.array([0, 2])
+    grads = {k: g.copy() for k, g in net.gradient(x, t).items()}
+    want = _book_gradient(net, x, t)
+    for key in want:
+        np.testing.assert_allclose(grads[key], want[key], rtol=1e-5 if dtype == np.float32
+                                   else 1e-12, atol=1e-6 if dtype == np.float32 else 1e-13)
+    x[1, 0, 3, 3] = np.nan
+    grads = {k: g.copy() for k, g in net.gradient(x, t).items()}
+    want = _book_gradient(net, x, t)
+    for key in want:
+        np.testing.assert_array_equal(np.isnan(grads[key]), np.isnan(want[key]), err_msg=key)
+    assert np.isnan(grads["W1"]).all()
+
+
+def test_the_fused_kernels_give_the_same_bits_on_every_build():
+    """Serial and threaded builds, and the threaded one at each thread count, agree bit for bit
+    (each output element and each filter's sums are computed by the same code, in the same
+    order)."""
+    import numba
+
+    from fastbp.kernels import conv
+
+    rng = np.random.default_rng(3)
+    xp = rng.standard_normal((9, 2, 12, 11))
+    W = rng.standard_normal((7, 2 * 3 * 3))
+    b = rng.standard_normal(7)
+    taps = np.empty(18, dtype=np.intp)
+    conv.tap_offsets(2, 3, 3, 12, 11, taps)
+    dout = rng.standard_normal((9, 7, 5, 4))
+    results = []
+    counts = [c for c in (1, 2, 3) if c <= numba.config.NUMBA_NUM_THREADS]
+    for build, count in [("serial", 1)] + [("parallel", c) for c in counts]:
+        out = np.empty((9, 7, 5, 4))
+        code = np.empty(out.shape, dtype=np.uint8)
+        dW, db = np.empty((7, 18)), np.empty(7)
+        saved = numba.get_num_threads()
+        numba.set_num_threads(count)
+        try:
+            getattr(conv.conv_relu_pool, build)(out, code, xp, W, b, taps)
+            getattr(conv.conv_relu_pool_params, build)(dout, out, code, xp, taps, dW, db)
+        finally:
+            numba.set_num_threads(saved)
+        results.append((out, code, dW, db))
+    for got in results[1:]:
+        for a, want in zip(got, results[0], strict=True):
+            np.testing.assert_array_equal(a, want)
+
+
+def test_the_fused_block_checks_its_input():
+    net = SimpleConvNet(rng=0, **SMALL)
+    with pytest.raises(ValueError, match=r"images of shape \(N, 1, 10, 10\)"):
+        net.gradient(np.zeros((2, 1, 9, 10)), np.array([0, 1]))
+    net.gradient(images(2), np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"dout of shape \(2, 4, 3, 3\)"):
+        net._block.backward_params(np.zeros((2, 4, 3, 3)))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_fused_pooling_picks_the_layers_winner(dtype):
+    """Small integers make many tied maxima: wherever a window's maximum is positive (the only
+    windows whose gradient is not 0), the fused kernel's winner is the Pooling layer's winner
+    over the Relu's output (the first in row-major order), and the outputs are equal."""
+    from fastbp.kernels import conv
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(-2, 3, (6, 2, 9, 10)).astype(dtype)
+    W = rng.integers(-1, 2, (5, 2, 3, 3)).astype(dtype)
+    b = rng.integers(-1, 2, 5).astype(dtype)
+    layers = [kernel_layers.Convolution(W, b), kernel_layers.Relu(),
+              kernel_layers.Pooling(2, 2, stride=2)]
+    relu_out = layers[1].forward(layers[0].forward(x))
+    want = layers[2].forward(relu_out)
+    arg = layers[2]._arg
+    windows = relu_out[:, :, :6, :8].reshape(6, 5, 3, 2, 4, 2).transpose(0, 1, 2, 4, 3, 5)
+    tied = (windows == want[..., None, None]).sum(axis=(-1, -2)) > 1
+    assert (tied & (want > 0)).sum() > 20  # positive windows whose maximum is tied
+    taps = np.empty(18, dtype=np.intp)
+    conv.tap_offsets(2, 3, 3, 9, 10, taps)
+    out = np.empty(want.shape, dtype=dtype)
+    code = np.empty(want.shape, dtype=np.uint8)
+    conv.conv_relu_pool(out, code, x, W.reshape(5, 18), b, taps)
+    np.testing.assert_array_equal(out, want)
+    ph, pw = np.meshgrid(np.arange(want.shape[2]), np.arange(want.shape[3]), indexing="ij")
+    fused_arg = (2 * ph + (code >> 1)) * 8 + 2 * pw + (code & 1)  # the conv output is 7x8
+    positive = want > 0
+    assert (fused_arg != arg)[~positive].any()  # where Relu zeroed a window, it may differ
+    np.testing.assert_array_equal(fused_arg[positive], arg[positive])
 
 
 def _twin_nets(cls, dtype, **kwargs):
