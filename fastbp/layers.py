@@ -250,12 +250,15 @@ class Convolution:
     extension, for a network's first layer, whose input needs no gradient) it returns ``None``
     and skips that work.
 
-    A kernel copies the windows of each image into a (C * FH * FW + 1, OH * OW) matrix with a
-    row of ones, a few images at a time, and BLAS multiplies ``[W | b]`` by them while they are
-    in cache: the output comes in (N, FN, OH, OW) order with the bias added. ``backward``: one
-    product per image gives ``[dW | db]``, another the windows' gradient, which a kernel adds
-    back into ``dx``. Large batches are split over threads by images. ``col`` (the book's
-    layout, built when read) and ``col_W`` give the book's intermediates.
+    At stride 1 with at most :data:`DIRECT_MAX_TAPS` taps per filter (``C * FH * FW``; both of
+    the book's nets), kernels correlate the padded images directly, with no column matrix
+    (:func:`fastbp.kernels.conv.correlate` and its backward passes). Otherwise a kernel copies
+    the windows of each image into a (C * FH * FW + 1, OH * OW) matrix with a row of ones, a
+    few images at a time, and BLAS multiplies ``[W | b]`` by them while they are in cache: the
+    output comes in (N, FN, OH, OW) order with the bias added; ``backward``: one product per
+    image gives ``[dW | db]``, another the windows' gradient, which a kernel adds back into
+    ``dx``. Large batches are split over threads by images. ``col`` (the book's layout, built
+    when read) and ``col_W`` give the book's intermediates.
     """
 
     def __init__(self, W, b, stride=1, pad=0):
@@ -269,13 +272,20 @@ class Convolution:
         self.need_dx = True
         self._col = None
         self._W2 = None
+        self._direct = None
 
     @property
     def col(self):
         """The book's ``col`` of the last forward pass: (N * OH * OW, C * FH * FW), a copy in
-        the book's layout."""
+        the book's layout (on the direct path, which keeps no columns, built from ``x``)."""
         if self._col is None:
-            return None
+            if self._direct is None or self.x is None:
+                return None
+            (_, _, fh, fw), stride, pad, oh, ow = self._geometry
+            x = self.x
+            col = np.empty((x.shape[0] * oh * ow, x.shape[1] * fh * fw), dtype=x.dtype)
+            conv.im2col(x, fh, fw, stride, pad, col)
+            return col
         n, rows, p = self._col.shape
         return self._col[:, :rows - 1].transpose(0, 2, 1).reshape(n * p, rows - 1)
 
@@ -293,11 +303,20 @@ class Convolution:
         fn, c, fh, fw = W.shape
         k, p = c * fh * fw, oh * ow
         W2 = Wc.reshape(fn, k)
+        self._col = None  # the last pass's columns: freed before the new ones are made
+        self._direct = None
+        out = np.empty((n, fn, oh, ow), dtype=xc.dtype)
+        if stride == 1 and k <= DIRECT_MAX_TAPS:
+            xp = _padded(xc, pad)
+            taps = np.empty(k, dtype=np.intp)
+            conv.tap_offsets(c, fh, fw, xp.shape[2], xp.shape[3], taps)
+            conv.correlate(out, xp, W2, v.bias_vector(bc, fn), taps)
+            self.x, self._W2, self._direct = xc, W2, (xp, taps)
+            self._geometry, self._out_dtype = (W.shape, stride, pad, oh, ow), out_dtype
+            return v.as_result(out, out_dtype)
         Wb = np.empty((fn, k + 1), dtype=xc.dtype)
         Wb[:, :k] = W2
         Wb[:, k] = v.bias_vector(bc, fn)
-        self._col = None  # the last pass's columns: freed before the new ones are made
-        out = np.empty((n, fn, oh, ow), dtype=xc.dtype)
         out3 = out.reshape(n, fn, p)
         chunk = _images_per_chunk(k + 1, p, xc.dtype)
 
@@ -323,6 +342,8 @@ class Convolution:
         n, k, p = self.x.shape[0], c * fh * fw, oh * ow
         dout = v.gradient_for(dout, (n, fn, oh, ow), "Convolution")
         out_dtype, work = v.backward_dtypes(self._out_dtype, dout, W)
+        if self._direct is not None:
+            return self._backward_direct(dout, W, out_dtype, work)
         d = np.asarray(dout, dtype=work, order="C").reshape(n, fn, p)
         col = self._col.astype(work, copy=False)
         W2T = np.asarray(W, dtype=work).reshape(fn, k).T
@@ -348,6 +369,44 @@ class Convolution:
         self.dW = v.as_result(grads[:, :k].reshape(w_shape), out_dtype)
         self.db = v.as_result(grads[:, k].copy(), out_dtype)
         return None if dx is None else v.as_result(dx, out_dtype)
+
+    def _backward_direct(self, dout, W, out_dtype, work):
+        """``backward`` on the direct path (see :data:`DIRECT_MAX_TAPS`)."""
+        xp, taps = self._direct
+        w_shape, _, pad, _, _ = self._geometry
+        fn, k = w_shape[0], taps.size
+        d = np.asarray(dout, dtype=work, order="C")
+        xp = xp.astype(work, copy=False)
+        dW = np.empty((fn, k), dtype=work)
+        db = np.empty(fn, dtype=work)
+        conv.correlate_params(d, xp, taps, bool(np.isfinite(xp).all()), dW, db)
+        self.dW = v.as_result(dW.reshape(w_shape), out_dtype)
+        self.db = v.as_result(db, out_dtype)
+        if not self.need_dx:
+            return None
+        W2 = np.asarray(W, dtype=work, order="C").reshape(fn, k)
+        dxp = np.empty(xp.shape, dtype=work)
+        conv.correlate_dx(d, W2, taps, bool(np.isfinite(W2).all()), dxp)
+        h, w = self.x.shape[2:]
+        dx = dxp if not pad else np.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + w])
+        return v.as_result(dx, out_dtype)
+
+
+DIRECT_MAX_TAPS = 600
+"""``Convolution`` at stride 1 with at most this many taps per filter (``C * FH * FW``:
+SimpleConvNet's 5x5 filters on one channel have 25) correlates the image directly
+(:func:`fastbp.kernels.conv.correlate`); with more, it multiplies column matrices in BLAS."""
+
+
+def _padded(x, pad):
+    """``x`` (N, C, H, W) with ``pad`` rows and columns of zeros around each map (``x`` itself
+    when ``pad`` is 0)."""
+    if not pad:
+        return x
+    n, c, h, w = x.shape
+    xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
+    xp[:, :, pad:pad + h, pad:pad + w] = x
+    return xp
 
 
 CONV_CHUNK_BYTES = 1 << 18
@@ -441,13 +500,9 @@ class _ConvReluPool:
                              "output")
         (xc, Wc, bc), out_dtype = v.float_inputs(("x", "W", "b"), x, W, layer.b,
                                                  contiguous=True)
-        n, c, h, w = xc.shape
+        n, c = xc.shape[:2]
         fn, _, fh, fw = W.shape
-        if pad:
-            xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=xc.dtype)
-            xp[:, :, pad:pad + h, pad:pad + w] = xc
-        else:
-            xp = xc
+        xp = _padded(xc, pad)
         taps = np.empty(c * fh * fw, dtype=np.intp)
         conv.tap_offsets(c, fh, fw, xp.shape[2], xp.shape[3], taps)
         out = np.empty((n, fn, oh // 2, ow // 2), dtype=xc.dtype)
@@ -470,7 +525,8 @@ class _ConvReluPool:
         fn = w_shape[0]
         dW = np.empty((fn, taps.size), dtype=work)
         db = np.empty(fn, dtype=work)
-        conv.conv_relu_pool_params(d, out, code, xp, taps, dW, db)
+        finite = bool(np.isfinite(xp).all())
+        conv.conv_relu_pool_params(d, out, code, xp, taps, finite, dW, db)
         self.conv.dW = v.as_result(dW.reshape(w_shape), out_dtype)
         self.conv.db = v.as_result(db, out_dtype)
 

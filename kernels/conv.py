@@ -359,22 +359,39 @@ def _unpool_relu_plane(dout, out, code, wp, d):
 
 
 @kernel(fastmath=True)
-def _correlate_grads(xi, taps, d0, d1, d2, d3, acc):
-    """``acc[r, t] += sum over q of d_r[q] * xi[taps[t] + q]`` for the four planes ``d_r``."""
-    span = d0.size
+def _correlate_grads(xi, taps, wp, rows, cols, finite, d0, d1, d2, d3, acc):
+    """``acc[r, t] += sum over y < rows, o < cols of d_r[y * wp + o] * xi[taps[t] + y * wp + o]``
+    for the four planes ``d_r`` (row stride ``wp``, zero beyond ``cols`` in each row).
+
+    With ``finite`` (no inf or NaN in the image) each tap is one dot product over the whole
+    span, the zeros between the rows included: they add exact zeros. Otherwise row by row, so
+    that an image value that no window of the tap reaches is never multiplied (0 * inf is NaN,
+    which the layers would not give)."""
     zero = acc.dtype.type(0)
+    span = (rows - 1) * wp + cols
     for t in range(taps.size):
-        xr = xi[taps[t]:taps[t] + span]
         s0 = zero
         s1 = zero
         s2 = zero
         s3 = zero
-        for q in range(span):
-            v = xr[q]
-            s0 += d0[q] * v
-            s1 += d1[q] * v
-            s2 += d2[q] * v
-            s3 += d3[q] * v
+        if finite:
+            xr = xi[taps[t]:taps[t] + span]
+            for q in range(span):
+                v = xr[q]
+                s0 += d0[q] * v
+                s1 += d1[q] * v
+                s2 += d2[q] * v
+                s3 += d3[q] * v
+        else:
+            for y in range(rows):
+                base = y * wp
+                xr = xi[taps[t] + base:taps[t] + base + cols]
+                for o in range(cols):
+                    v = xr[o]
+                    s0 += d0[base + o] * v
+                    s1 += d1[base + o] * v
+                    s2 += d2[base + o] * v
+                    s3 += d3[base + o] * v
         acc[0, t] += s0
         acc[1, t] += s1
         acc[2, t] += s2
@@ -382,11 +399,12 @@ def _correlate_grads(xi, taps, d0, d1, d2, d3, acc):
 
 
 @sized
-def conv_relu_pool_params(dout, out, code, xp, taps, dW, db):
+def conv_relu_pool_params(dout, out, code, xp, taps, finite, dW, db):
     """The backward pass of :func:`conv_relu_pool` for the parameters: ``dW`` (FN, C * FH * FW)
     and ``db`` (FN,) from ``dout`` (N, FN, PH, PW), the gradient at the pooled output.
 
-    No ``dx``. Parallel over blocks of :data:`FILTER_BLOCK` filters: a thread owns whole rows of
+    ``finite``: ``xp`` holds no inf or NaN (see :func:`_correlate_grads`). No ``dx``. Parallel
+    over blocks of :data:`FILTER_BLOCK` filters: a thread owns whole rows of
     ``dW``, and adds the images in order, so the sums do not depend on the thread count.
     """
     n_img, c_count, hp, wp = xp.shape
@@ -403,9 +421,144 @@ def conv_relu_pool_params(dout, out, code, xp, taps, dW, db):
             for r in range(count):
                 bias[r] += _unpool_relu_plane(dout[n, f0 + r], out[n, f0 + r],
                                               code[n, f0 + r], wp, d[r])
-            _correlate_grads(xp[n].reshape(c_count * hp * wp), taps, d[0], d[1], d[2], d[3],
-                             acc)
+            _correlate_grads(xp[n].reshape(c_count * hp * wp), taps, wp, 2 * out.shape[2],
+                             2 * out.shape[3], finite, d[0], d[1], d[2], d[3], acc)
         for r in range(count):
             for t in range(k):
                 dW[f0 + r, t] = acc[r, t]
             db[f0 + r] = bias[r]
+
+
+# --- the Convolution layer's direct path (stride 1, few taps) ---------------------------------
+#
+# The same flat-image correlation as the fused block, for the whole output: used by the layer
+# where the filters have few taps (C * FH * FW), where BLAS's products of a column matrix are
+# thin and the copies around them cost more than the arithmetic.
+
+
+@sized
+def correlate(out, xp, W, b, taps):
+    """Convolution's forward pass at stride 1: ``out`` (N, FN, OH, OW) from the padded input
+    ``xp`` (N, C, Hp, Wp), the filters ``W`` (FN, C * FH * FW), the bias ``b`` (FN,) and
+    ``taps`` from :func:`tap_offsets`. Parallel over images."""
+    n_img, c_count, hp, wp = xp.shape
+    fn = W.shape[0]
+    oh, ow = out.shape[2], out.shape[3]
+    span = (oh - 1) * wp + ow
+    for n in prange(n_img):
+        acc = np.empty(span, dtype=out.dtype)
+        xi = xp[n].reshape(c_count * hp * wp)
+        for f in range(fn):
+            _correlate_plane(xi, W[f], b[f], taps, acc)
+            plane = out[n, f]
+            for y in range(oh):
+                row = acc[y * wp:y * wp + ow]
+                dst = plane[y]
+                for o in range(ow):
+                    dst[o] = row[o]
+
+
+@kernel
+def _spread_plane(dout, wp, d):
+    """Copy the plane ``dout`` (OH, OW) into ``d`` at row stride ``wp`` (the columns between
+    its rows are left as they are: zero). Returns the plane's sum, rows in order."""
+    oh, ow = dout.shape
+    total = d.dtype.type(0)
+    for y in range(oh):
+        src = dout[y]
+        dst = d[y * wp:y * wp + ow]
+        for o in range(ow):
+            dst[o] = src[o]
+            total += src[o]
+    return total
+
+
+@sized
+def correlate_params(dout, xp, taps, finite, dW, db):
+    """Convolution's ``dW`` (FN, C * FH * FW) and ``db`` (FN,) at stride 1, from ``dout``
+    (N, FN, OH, OW) and the padded input ``xp``. ``finite``: ``xp`` holds no inf or NaN (see
+    :func:`_correlate_grads`). Parallel over blocks of :data:`FILTER_BLOCK` filters, the images
+    added in order: the sums do not depend on the thread count."""
+    n_img, c_count, hp, wp = xp.shape
+    fn, k = dW.shape
+    oh, ow = dout.shape[2], dout.shape[3]
+    span = (oh - 1) * wp + ow
+    blocks = (fn + FILTER_BLOCK - 1) // FILTER_BLOCK
+    for blk in prange(blocks):
+        f0 = blk * FILTER_BLOCK
+        count = min(fn, f0 + FILTER_BLOCK) - f0
+        d = np.zeros((FILTER_BLOCK, span), dtype=dW.dtype)
+        acc = np.zeros((FILTER_BLOCK, k), dtype=dW.dtype)
+        bias = np.zeros(FILTER_BLOCK, dtype=dW.dtype)
+        for n in range(n_img):
+            for r in range(count):
+                bias[r] += _spread_plane(dout[n, f0 + r], wp, d[r])
+            _correlate_grads(xp[n].reshape(c_count * hp * wp), taps, wp, oh, ow, finite, d[0],
+                             d[1], d[2], d[3], acc)
+        for r in range(count):
+            for t in range(k):
+                dW[f0 + r, t] = acc[r, t]
+            db[f0 + r] = bias[r]
+
+
+@kernel(fastmath=True)
+def _scatter_taps(W, f0, count, taps, oh, ow, wp, finite, d, dxi):
+    """``dxi[taps[t] + q] += sum over r < count of W[f0 + r, t] * d[r, q]``: the windows'
+    gradients of up to four filters added back into the flat padded image ``dxi``, a tap at a
+    time. With ``finite`` (no inf or NaN in ``W`` or in the gradient) over the whole span, the
+    zeros between the rows included; otherwise row by row (see :func:`_correlate_grads`)."""
+    zero = dxi.dtype.type(0)
+    span = (oh - 1) * wp + ow
+    d0 = d[0]
+    d1 = d[1]
+    d2 = d[2]
+    d3 = d[3]
+    for t in range(taps.size):
+        w0 = W[f0, t]
+        w1 = W[f0 + 1, t] if count > 1 else zero
+        w2 = W[f0 + 2, t] if count > 2 else zero
+        w3 = W[f0 + 3, t] if count > 3 else zero
+        if finite:
+            dst = dxi[taps[t]:taps[t] + span]
+            for q in range(span):
+                dst[q] += w0 * d0[q] + w1 * d1[q] + w2 * d2[q] + w3 * d3[q]
+        else:
+            for y in range(oh):
+                base = y * wp
+                dst = dxi[taps[t] + base:taps[t] + base + ow]
+                for o in range(ow):
+                    q = base + o
+                    if count == 1:
+                        dst[o] += w0 * d0[q]
+                    elif count == 2:
+                        dst[o] += w0 * d0[q] + w1 * d1[q]
+                    elif count == 3:
+                        dst[o] += w0 * d0[q] + w1 * d1[q] + w2 * d2[q]
+                    else:
+                        dst[o] += w0 * d0[q] + w1 * d1[q] + w2 * d2[q] + w3 * d3[q]
+
+
+@sized
+def correlate_dx(dout, W, taps, finite, dxp):
+    """Convolution's ``dx`` at stride 1: ``dxp`` (N, C, Hp, Wp), the gradient of the padded
+    input (zeroed here; the caller drops the padding), from ``dout`` (N, FN, OH, OW) and the
+    filters ``W`` (FN, C * FH * FW). ``finite``: ``W`` holds no inf or NaN; ``dout``'s planes
+    are checked here, four at a time (see :func:`_scatter_taps`). Parallel over images: a
+    thread owns whole images of ``dxp``, and adds the filters in order, four at a time."""
+    n_img, c_count, hp, wp = dxp.shape
+    fn = W.shape[0]
+    oh, ow = dout.shape[2], dout.shape[3]
+    span = (oh - 1) * wp + ow
+    zero = dxp.dtype.type(0)
+    for n in prange(n_img):
+        dxi = dxp[n].reshape(c_count * hp * wp)
+        for q in range(dxi.size):
+            dxi[q] = zero
+        d = np.zeros((FILTER_BLOCK, span), dtype=dxp.dtype)
+        for f0 in range(0, fn, FILTER_BLOCK):
+            count = min(fn, f0 + FILTER_BLOCK) - f0
+            planes_finite = finite
+            for r in range(count):
+                total = _spread_plane(dout[n, f0 + r], wp, d[r])
+                planes_finite &= total - total == zero  # NaN for an inf or NaN in the plane
+            _scatter_taps(W, f0, count, taps, oh, ow, wp, planes_finite, d, dxi)

@@ -242,6 +242,100 @@ def test_bit_identical_at_every_thread_count(dtype, monkeypatch):
                 assert run() == expected
 
 
+# --- the two paths: direct correlation (stride 1, few taps) and column matrices -----------------
+
+STRIDE_ONE = [g for g in GEOMETRIES if g[2] == 1] + [((3, 16, 9, 8), (5, 16, 3, 3), 1, 2)]
+
+
+@pytest.fixture(params=["direct", "columns"])
+def path(request, monkeypatch):
+    """Run the test on each of the Convolution layer's two paths."""
+    monkeypatch.setattr(layers, "DIRECT_MAX_TAPS", 10**9 if request.param == "direct" else 0)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("geometry", STRIDE_ONE)
+def test_both_paths_agree_with_reference(geometry, dtype, path, build):
+    x, W, b, stride, pad = data(geometry)
+    layer = layers.Convolution(W, b, stride, pad)
+    layer.forward(x)
+    assert (layer._direct is not None) == (path == "direct")
+    agree(x, W, b, stride, pad, dtype)
+
+
+def _nan_pattern_agrees(got, want):
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("where", ["x", "W", "dout"])
+@pytest.mark.parametrize("pad", [0, 1])
+def test_non_finite_values_at_the_borders_spread_as_in_the_reference(where, pad, path):
+    """The direct path computes whole flat rows, the columns between them included: an inf or
+    NaN in a first or last column must reach exactly the sums it reaches in the reference."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 2, 7, 6))
+    W = rng.standard_normal((3, 2, 3, 2))
+    b = rng.standard_normal(3)
+    oh, ow = 7 + 2 * pad - 2, 6 + 2 * pad - 1
+    dout = rng.standard_normal((2, 3, oh, ow))
+    if where == "x":
+        x[0, 1, 2, 0] = np.inf
+        x[1, 0, 6, 5] = np.nan
+    elif where == "W":
+        W[1, 0, 0, 1] = np.inf
+        W[2, 1, 2, 0] = np.nan
+    else:
+        dout[0, 1, 3, 0] = np.inf
+        dout[1, 2, oh - 1, ow - 1] = np.nan
+    results = []
+    for module in BACKENDS.values():
+        layer = module.Convolution(W, b, 1, pad)
+        with np.errstate(invalid="ignore"):
+            out = layer.forward(x)
+            dx = layer.backward(dout)
+        results.append((out, dx, layer.dW, layer.db))
+    for got, want in zip(*results, strict=True):
+        _nan_pattern_agrees(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_direct_path_is_bit_identical_at_every_thread_count(dtype, monkeypatch):
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_ELEMENTS", 0)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((13, 3, 12, 11)).astype(dtype)
+    W = rng.standard_normal((6, 3, 3, 4)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    dout = rng.standard_normal((13, 6, 12, 10)).astype(dtype)
+
+    def run():
+        layer = layers.Convolution(W, b, stride=1, pad=1)
+        out = layer.forward(x)
+        assert layer._direct is not None
+        return [a.tobytes() for a in (out, layer.backward(dout), layer.dW, layer.db)]
+
+    with threads.threads(1):
+        expected = run()
+    for n in sorted({2, 3, threads.numba.config.NUMBA_NUM_THREADS}):
+        if n <= threads.numba.config.NUMBA_NUM_THREADS:
+            with threads.threads(n):
+                assert run() == expected
+
+
+def test_the_direct_path_builds_the_books_col():
+    x, W, b, stride, pad = data(((2, 3, 7, 6), (4, 3, 3, 3), 1, 1))
+    kernel, ref = layers.Convolution(W, b, stride, pad), reference.layers.Convolution(W, b,
+                                                                                      stride, pad)
+    kernel.forward(x)
+    ref.forward(x)
+    assert kernel._direct is not None
+    np.testing.assert_array_equal(kernel.col, ref.col)
+    np.testing.assert_array_equal(kernel.col_W, ref.col_W)
+
+
 def test_chunks_of_images_give_the_same_bits(monkeypatch):
     x, W, b, stride, pad = data(GEOMETRIES[0])
     x = np.concatenate([x] * 5)
@@ -373,6 +467,7 @@ def test_a_forked_child_runs_threaded_convolutions():
         from fastbp import layers, threads
         from fastbp.kernels import parallel
         parallel.PARALLEL_MIN_ELEMENTS = 0
+        layers.DIRECT_MAX_TAPS = 0  # the column path, whose images run on Python threads
         threads.set_num_threads(2)
         x = np.random.default_rng(0).standard_normal((8, 2, 9, 9))
         layer = layers.Convolution(np.ones((3, 2, 3, 3)), np.zeros(3))

@@ -320,6 +320,30 @@ def test_the_fused_block_keeps_the_layers_ties_and_nans(dtype):
     assert np.isnan(grads["W1"]).all()
 
 
+def test_the_fused_block_spreads_an_inf_at_the_border_as_the_layers_do():
+    """The block's backward reads whole flat rows of the image; an inf in a first or last
+    column must reach exactly the sums of dW1 it reaches through the layers. (Without padding:
+    with it, every tap reaches every pixel.)"""
+    kwargs = dict(input_dim=(1, 8, 8), conv_param={"filter_num": 3, "filter_size": 3,
+                  "pad": 0, "stride": 1}, hidden_size=4, output_size=3, weight_init_std=0.5)
+    net = SimpleConvNet(rng=2, **kwargs)
+    # Negative filters on positive images: the windows that read the inf are -inf and never
+    # win, so the loss stays finite and only the sums that multiply the inf (by a zero
+    # gradient) are NaN.
+    net.params["W1"][...] = -np.abs(net.params["W1"])
+    x = np.abs(np.random.default_rng(1).standard_normal((2, 1, 8, 8)))
+    x[0, 0, 4, 0] = np.inf
+    x[1, 0, 2, 7] = np.inf
+    t = np.array([0, 1])
+    with np.errstate(invalid="ignore", over="ignore"):
+        grads = {k: g.copy() for k, g in net.gradient(x, t).items()}
+        want = _book_gradient(net, x, t)
+    assert np.isfinite(net.last_layer.loss)
+    assert np.isnan(want["W1"]).any() and not np.isnan(want["W1"]).all()
+    for key in want:
+        np.testing.assert_array_equal(np.isnan(grads[key]), np.isnan(want[key]), err_msg=key)
+
+
 def test_the_fused_kernels_give_the_same_bits_on_every_build():
     """Serial and threaded builds, and the threaded one at each thread count, agree bit for bit
     (each output element and each filter's sums are computed by the same code, in the same
@@ -345,7 +369,8 @@ def test_the_fused_kernels_give_the_same_bits_on_every_build():
         numba.set_num_threads(count)
         try:
             getattr(conv.conv_relu_pool, build)(out, code, xp, W, b, taps)
-            getattr(conv.conv_relu_pool_params, build)(dout, out, code, xp, taps, dW, db)
+            getattr(conv.conv_relu_pool_params, build)(dout, out, code, xp, taps, True, dW,
+                                                         db)
         finally:
             numba.set_num_threads(saved)
         results.append((out, code, dW, db))
