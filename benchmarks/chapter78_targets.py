@@ -3,9 +3,11 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.chapter78_targets
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.chapter78_targets --quick
 
-From the repository root. Every row times its functions in turn, in one process
-(:func:`fastbp.bench.time_interleaved`: the median of repeats, each function called twice
-first), so each ratio compares times taken side by side:
+From the repository root. Every row times its functions in turn, in one process, so each
+ratio compares times taken side by side (:func:`time_blocks`: rounds of a block of calls of
+each function, after a pause that lets the previous block's BLAS or OpenMP threads stop
+spinning: one function's spinning threads would otherwise hold the cores the next one's
+kernels look for):
 
 * Convolution forward + backward (``dx`` included), reference/kernel: SimpleConvNet's layer
   (100x1x28x28, 30 filters 5x5) and DeepConvNet's second layer (100x16x28x28, 16 filters 3x3,
@@ -23,23 +25,48 @@ count it starts with. ``--quick`` repeats less (for a smoke run).
 """
 
 import sys
+import time
 import tracemalloc
 
 import numpy as np
 
 from fastbp.backends import layer_module
-from fastbp.bench import (
-    book_simple_convnet_step,
-    convnet_step,
-    time_interleaved,
-    torch_convnet_step,
-)
+from fastbp.bench import book_simple_convnet_step, convnet_step, torch_convnet_step
 
 BOOK = (100, 1, 28, 28)
 CONV_SHAPES = {  # (x shape, W shape, pad)
     "SimpleConvNet's conv (100x1x28x28, 30 5x5)": ((100, 1, 28, 28), (30, 1, 5, 5), 0),
     "DeepConvNet's conv 2 (100x16x28x28, 16 3x3 pad 1)": ((100, 16, 28, 28), (16, 16, 3, 3), 1),
 }
+
+
+SPIN_PAUSE = 0.3
+"""Seconds between two blocks: longer than OpenBLAS's workers spin after a product (about
+0.1 s) and than OpenMP's spin-wait."""
+
+
+def time_blocks(funcs, rounds=5, calls=3, min_repeats=None, max_repeats=None, target=None):
+    """Per-call seconds of each function: the median over ``rounds`` rounds of the median of
+    ``calls`` timed calls, the functions taking turns in blocks, each block after one untimed
+    call and a pause of :data:`SPIN_PAUSE`. (The keyword arguments of
+    :func:`fastbp.bench.time_interleaved` are accepted; ``max_repeats`` caps the rounds.)"""
+    if max_repeats is not None:
+        rounds = min(rounds, max_repeats)
+    samples = [[] for _ in funcs]
+    for _ in range(rounds):
+        for f, out in zip(funcs, samples, strict=True):
+            time.sleep(SPIN_PAUSE)
+            f()
+            times = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                f()
+                times.append(time.perf_counter() - t0)
+            out.append(float(np.median(times)))
+    return [float(np.median(s)) for s in samples]
+
+
+time_interleaved = time_blocks  # every row below times in blocks
 
 
 def conv_pass(backend, x_shape, w_shape, pad, dtype):

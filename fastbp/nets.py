@@ -434,6 +434,10 @@ class _ConvNet:
     def _layer_list(self):
         return list(self.layers.values()) if isinstance(self.layers, dict) else list(self.layers)
 
+    def _logits(self, x):
+        """``predict(x)``, for ``accuracy``, which keeps nothing for a backward pass."""
+        return self.predict(x)
+
     def accuracy(self, x, t, batch_size=100):
         """The fraction of images whose arg-max logit is the label (``t``: labels or one-hot),
         predicted ``batch_size`` images at a time.
@@ -451,7 +455,7 @@ class _ConvNet:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
         hits = 0
         for lo in range(0, n, int(batch_size)):
-            y = self.predict(x[lo:lo + batch_size])
+            y = self._logits(x[lo:lo + batch_size])
             hits += int(np.sum(np.argmax(y, axis=1) == t[lo:lo + batch_size]))
         return hits / n if n else float("nan")
 
@@ -632,6 +636,28 @@ class SimpleConvNet(_ConvNet):
     def _param_layers(self):
         return (self.layers["Conv1"], self.layers["Affine1"], self.layers["Affine2"])
 
+    def _fused(self):
+        """The fused block over the first three layers, or None where they are not the block
+        it computes (see :meth:`gradient`)."""
+        layers = self._layer_list()
+        block = self._block
+        if block is None or block.conv is not layers[0] or block.relu is not layers[1] \
+                or block.pool is not layers[2]:
+            block = self._block = _fused_block(layers[:3])
+        return block if block is not None and block.fits() else None
+
+    def _logits(self, x):
+        """``predict(x)`` through the fused block where it applies (``accuracy`` keeps nothing
+        for a backward pass, so the layers' state need not be the layers' own)."""
+        block = self._fused()
+        if block is None:
+            return self.predict(x)
+        self._check_images(x)
+        z = block.forward(x)
+        for layer in self._layer_list()[3:]:
+            z = layer.forward(z)
+        return z
+
     def gradient(self, x, t):
         """Gradients by backprop: a dict ``W1``, ``b1``, ... of the layers' ``dW`` and ``db``.
 
@@ -639,15 +665,13 @@ class SimpleConvNet(_ConvNet):
         for the forward pass, one for ``dW1`` and ``db1``; no ``dx`` for the images), while the
         layers are the book's (the Convolution at stride 1). ``Conv1``'s ``x``, ``dW`` and
         ``db`` are set as by the layers; ``Relu1`` and ``Pool1`` keep their state from their
-        last own call. The other layers run as they are.
+        last own call (``accuracy`` runs the block's forward pass too). The other layers run as
+        they are.
         """
-        layers = self._layer_list()
-        block = self._block
-        if block is None or block.conv is not layers[0] or block.relu is not layers[1] \
-                or block.pool is not layers[2]:
-            block = self._block = _fused_block(layers[:3])
-        if block is None or not block.fits():
+        block = self._fused()
+        if block is None:
             return super().gradient(x, t)
+        layers = self._layer_list()
         self._check_images(x)
         z = block.forward(x)
         # The products run on one BLAS thread: a BLAS worker spins on its core for 50-100 ms

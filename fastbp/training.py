@@ -218,8 +218,9 @@ def _mnist_test_split(mnist_dir):
 def _correct(net, x, t, rows=EVAL_ROWS):
     """How many rows of ``x`` the net classifies as ``t``, ``rows`` at a time."""
     hits = 0
+    logits = getattr(net, "_logits", net.predict)  # the conv nets' fast predict for accuracy
     for lo in range(0, x.shape[0], rows):
-        y = net.predict(x[lo:lo + rows])
+        y = logits(x[lo:lo + rows])
         hits += int(np.sum(np.argmax(y, axis=1) == t[lo:lo + rows]))
     return hits
 

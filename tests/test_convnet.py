@@ -268,6 +268,19 @@ def test_the_fused_block_agrees_with_the_layers(shape, dtype):
             close64(grads[key], layers_way[key])
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_accuracy_through_the_fused_block_is_predicts(dtype):
+    """accuracy() runs the fused block's forward pass: the same logits as predict()."""
+    net = SimpleConvNet(rng=0, dtype=dtype, weight_init_std=0.3, **SMALL)
+    x = images(7).astype(dtype)
+    assert net._fused() is not None
+    close = close64 if dtype == np.float64 else close32
+    close(net._logits(x), net.predict(x))
+    t = np.argmax(net.predict(x), axis=1)
+    assert net.accuracy(x, t, batch_size=3) == 1.0
+    assert net.accuracy(x, (t + 1) % 5, batch_size=3) == 0.0
+
+
 def test_the_fused_block_sets_the_convolutions_gradients():
     net = SimpleConvNet(rng=0, weight_init_std=0.3, **SMALL)
     x, t = images(3), np.array([0, 1, 2])
