@@ -4,7 +4,7 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.chapter78_targets --quick
 
 From the repository root. Every row times its functions in turn, in one process, so each
-ratio compares times taken side by side (:func:`time_blocks`: rounds of a block of calls of
+ratio compares times taken side by side (:func:`measure_in_blocks`: rounds of a block of calls of
 each function, after a pause that lets the previous block's BLAS or OpenMP threads stop
 spinning: one function's spinning threads would otherwise hold the cores the next one's
 kernels look for):
@@ -45,13 +45,10 @@ SPIN_PAUSE = 0.3
 0.1 s) and than OpenMP's spin-wait."""
 
 
-def time_blocks(funcs, rounds=5, calls=3, min_repeats=None, max_repeats=None, target=None):
+def measure_in_blocks(funcs, rounds=5, calls=3):
     """Per-call seconds of each function: the median over ``rounds`` rounds of the median of
     ``calls`` timed calls, the functions taking turns in blocks, each block after one untimed
-    call and a pause of :data:`SPIN_PAUSE`. (The keyword arguments of
-    :func:`fastbp.bench.time_interleaved` are accepted; ``max_repeats`` caps the rounds.)"""
-    if max_repeats is not None:
-        rounds = min(rounds, max_repeats)
+    call and a pause of :data:`SPIN_PAUSE`."""
     samples = [[] for _ in funcs]
     for _ in range(rounds):
         for f, out in zip(funcs, samples, strict=True):
@@ -66,7 +63,14 @@ def time_blocks(funcs, rounds=5, calls=3, min_repeats=None, max_repeats=None, ta
     return [float(np.median(s)) for s in samples]
 
 
-time_interleaved = time_blocks  # every row below times in blocks
+def layer_pass(layer, x):
+    """One forward and one backward (``dout`` of ones) of ``layer`` on ``x``."""
+    dout = np.ones_like(layer.forward(x))
+
+    def run():
+        layer.forward(x)
+        layer.backward(dout)
+    return run
 
 
 def conv_pass(backend, x_shape, w_shape, pad, dtype):
@@ -74,25 +78,12 @@ def conv_pass(backend, x_shape, w_shape, pad, dtype):
     x = r.standard_normal(x_shape).astype(dtype)
     W = (r.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(dtype)
     b = r.standard_normal(w_shape[0]).astype(dtype)
-    layer = layer_module(backend).Convolution(W, b, 1, pad)
-    dout = np.ones_like(layer.forward(x))
-
-    def run():
-        layer.forward(x)
-        layer.backward(dout)
-    return run
+    return layer_pass(layer_module(backend).Convolution(W, b, 1, pad), x)
 
 
 def pool_pass(backend, dtype):
-    r = np.random.default_rng(0)
-    x = r.standard_normal((100, 30, 24, 24)).astype(dtype)
-    layer = layer_module(backend).Pooling(2, 2, stride=2)
-    dout = np.ones_like(layer.forward(x))
-
-    def run():
-        layer.forward(x)
-        layer.backward(dout)
-    return run
+    x = np.random.default_rng(0).standard_normal((100, 30, 24, 24)).astype(dtype)
+    return layer_pass(layer_module(backend).Pooling(2, 2, stride=2), x)
 
 
 def torch_step(name, dtype):
@@ -119,15 +110,15 @@ def row(label, times, names, ratios):
 
 
 def main(quick=False):
-    repeats = dict(min_repeats=2, max_repeats=3, target=0.05) if quick else {}
+    repeats = dict(rounds=2, calls=1) if quick else {}
     for label, (xs, ws, pad) in CONV_SHAPES.items():
         for dtype in ("float64", "float32"):
-            ref, ker = time_interleaved([conv_pass(b, xs, ws, pad, dtype)
+            ref, ker = measure_in_blocks([conv_pass(b, xs, ws, pad, dtype)
                                          for b in ("reference", "kernel")], **repeats)
             row(f"Convolution fwd+bwd {label} {dtype}", (ref, ker), ("ref", "kernel"),
                 [f"{ref / ker:.2f}x"])
     for dtype in ("float64", "float32"):
-        ref, ker = time_interleaved([pool_pass(b, dtype) for b in ("reference", "kernel")],
+        ref, ker = measure_in_blocks([pool_pass(b, dtype) for b in ("reference", "kernel")],
                                     **repeats)
         row(f"Pooling fwd+bwd 100x30x24x24 2x2/2 {dtype}", (ref, ker), ("ref", "kernel"),
             [f"{ref / ker:.2f}x"])
@@ -139,14 +130,14 @@ def main(quick=False):
         step = torch_step("simpleconv", dtype)
         if step is not None:
             funcs[f"torch {dtype[-2:]}"] = step
-    t = dict(zip(funcs, time_interleaved(list(funcs.values()), **repeats), strict=True))
+    t = dict(zip(funcs, measure_in_blocks(list(funcs.values()), **repeats), strict=True))
     ratios = [f"f64 {t['ref f64'] / t['kernel f64']:.2f}x",
               f"f32 vs ref f64 {t['ref f64'] / t['kernel f32']:.2f}x"]
     if "torch 32" in t:
         ratios.append(f"f32 vs torch f32 {t['torch 32'] / t['kernel f32']:.2f}x")
     row("SimpleConvNet step (fastbp.nets)", list(t.values()), list(t), ratios)
 
-    ref, ker = time_interleaved([book_simple_convnet_step(layer_module(b), BOOK, "float64")
+    ref, ker = measure_in_blocks([book_simple_convnet_step(layer_module(b), BOOK, "float64")
                                  for b in ("reference", "kernel")], **repeats)
     row("the book's SimpleConvNet on fastbp.layers (drop-in) f64", (ref, ker),
         ("ref", "kernel"), [f"{ref / ker:.2f}x"])
@@ -157,8 +148,8 @@ def main(quick=False):
     step = torch_step("deepconv", "float32")
     if step is not None:
         funcs["torch 32"] = step
-    deep = dict(min_repeats=2, max_repeats=3, target=0.05) if quick else dict(max_repeats=5)
-    t = dict(zip(funcs, time_interleaved(list(funcs.values()), **deep), strict=True))
+    deep = dict(rounds=2, calls=1) if quick else dict(rounds=3, calls=2)
+    t = dict(zip(funcs, measure_in_blocks(list(funcs.values()), **deep), strict=True))
     ratios = [f"f64 {t['ref f64'] / t['kernel f64']:.2f}x"]
     if "torch 32" in t:
         ratios.append(f"f32 vs torch f32 {t['torch 32'] / t['kernel f32']:.2f}x")

@@ -379,7 +379,9 @@ class Convolution:
         xp = xp.astype(work, copy=False)
         dW = np.empty((fn, k), dtype=work)
         db = np.empty(fn, dtype=work)
-        conv.correlate_params(d, xp, taps, bool(np.isfinite(xp).all()), dW, db)
+        oh, ow = d.shape[2:]
+        conv.filter_grads(d, d, _NO_CODE, False, xp, taps, oh, ow, bool(np.isfinite(xp).all()),
+                          dW, db)
         self.dW = v.as_result(dW.reshape(w_shape), out_dtype)
         self.db = v.as_result(db, out_dtype)
         if not self.need_dx:
@@ -391,6 +393,9 @@ class Convolution:
         dx = dxp if not pad else np.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + w])
         return v.as_result(dx, out_dtype)
 
+
+_NO_CODE = np.empty((0, 0, 0, 0), dtype=np.uint8)
+"""``filter_grads``'s ``code`` where it is not read (the layer's direct path)."""
 
 DIRECT_MAX_TAPS = 600
 """``Convolution`` at stride 1 with at most this many taps per filter (``C * FH * FW``:
@@ -468,7 +473,8 @@ def _over_images(images, n, size, flops_per_image):
 
 class _ConvReluPool:
     """The book's ``Convolution -> Relu -> Pooling(2, 2, stride=2)`` block, forward and the
-    parameters' backward, in two fused kernels (:func:`fastbp.kernels.conv.conv_relu_pool`):
+    parameters' backward, in two fused kernels (:func:`fastbp.kernels.conv.conv_relu_pool` and
+    :func:`~fastbp.kernels.conv.filter_grads`):
     the first block of ``SimpleConvNet``, whose input needs no gradient.
 
     It works through the three layers it is given and reads their settings at every call; use
@@ -526,7 +532,8 @@ class _ConvReluPool:
         dW = np.empty((fn, taps.size), dtype=work)
         db = np.empty(fn, dtype=work)
         finite = bool(np.isfinite(xp).all())
-        conv.conv_relu_pool_params(d, out, code, xp, taps, finite, dW, db)
+        conv.filter_grads(d, out, code, True, xp, taps, 2 * out.shape[2], 2 * out.shape[3],
+                          finite, dW, db)
         self.conv.dW = v.as_result(dW.reshape(w_shape), out_dtype)
         self.conv.db = v.as_result(db, out_dtype)
 

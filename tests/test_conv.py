@@ -219,20 +219,24 @@ def test_no_argument_is_modified():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_bit_identical_at_every_thread_count(dtype, monkeypatch):
-    """Images are split over threads; each image's products are single-threaded and dW, db
-    are summed image by image in order, so the split never changes a bit."""
+@pytest.mark.parametrize("stride", [2, 1], ids=["columns", "direct"])
+def test_bit_identical_at_every_thread_count(stride, dtype, monkeypatch):
+    """Columns (stride 2): images are split over threads; each image's products are
+    single-threaded and dW, db are summed image by image in order. Direct (stride 1): images,
+    or blocks of filters, are split over threads, each thread owning whole outputs. Either
+    way the split never changes a bit."""
     monkeypatch.setattr(parallel, "PARALLEL_MIN_ELEMENTS", 0)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((13, 3, 12, 11)).astype(dtype)
     W = rng.standard_normal((6, 3, 3, 4)).astype(dtype)
     b = rng.standard_normal(6).astype(dtype)
-    dout = rng.standard_normal((13, 6, 6, 5)).astype(dtype)
+    dout = rng.standard_normal((13, 6, 12 // stride, 10 // stride)).astype(dtype)
 
     def run():
-        layer = layers.Convolution(W, b, stride=2, pad=1)
-        return [a.tobytes() for a in (layer.forward(x), layer.backward(dout), layer.dW,
-                                      layer.db)]
+        layer = layers.Convolution(W, b, stride=stride, pad=1)
+        out = layer.forward(x)
+        assert (layer._direct is not None) == (stride == 1)
+        return [a.tobytes() for a in (out, layer.backward(dout), layer.dW, layer.db)]
 
     with threads.threads(1):
         expected = run()
@@ -300,29 +304,6 @@ def test_non_finite_values_at_the_borders_spread_as_in_the_reference(where, pad,
         results.append((out, dx, layer.dW, layer.db))
     for got, want in zip(*results, strict=True):
         _nan_pattern_agrees(got, want)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_direct_path_is_bit_identical_at_every_thread_count(dtype, monkeypatch):
-    monkeypatch.setattr(parallel, "PARALLEL_MIN_ELEMENTS", 0)
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((13, 3, 12, 11)).astype(dtype)
-    W = rng.standard_normal((6, 3, 3, 4)).astype(dtype)
-    b = rng.standard_normal(6).astype(dtype)
-    dout = rng.standard_normal((13, 6, 12, 10)).astype(dtype)
-
-    def run():
-        layer = layers.Convolution(W, b, stride=1, pad=1)
-        out = layer.forward(x)
-        assert layer._direct is not None
-        return [a.tobytes() for a in (out, layer.backward(dout), layer.dW, layer.db)]
-
-    with threads.threads(1):
-        expected = run()
-    for n in sorted({2, 3, threads.numba.config.NUMBA_NUM_THREADS}):
-        if n <= threads.numba.config.NUMBA_NUM_THREADS:
-            with threads.threads(n):
-                assert run() == expected
 
 
 def test_the_direct_path_builds_the_books_col():
