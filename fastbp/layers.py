@@ -478,9 +478,10 @@ class _ConvReluPool:
     the first block of ``SimpleConvNet``, whose input needs no gradient.
 
     It works through the three layers it is given and reads their settings at every call; use
-    :meth:`fits` first. ``forward`` validates as ``Convolution.forward`` does and sets the
-    Convolution's ``x``; ``backward_params`` sets its ``dW`` and ``db``. The Relu's and the
-    Pooling's own state (``mask``, ``x``) is not touched: the block never makes their inputs.
+    :meth:`fits` first. ``forward`` validates as ``Convolution.forward`` does and leaves the
+    Convolution as its own forward pass would (``x``, ``col``, and a ``backward`` that works);
+    ``backward_params`` sets its ``dW`` and ``db``. The Relu's and the Pooling's own state
+    (``mask``, ``x``) is not touched: the block never makes their inputs.
     """
 
     def __init__(self, conv, relu, pool_layer):
@@ -513,9 +514,11 @@ class _ConvReluPool:
         conv.tap_offsets(c, fh, fw, xp.shape[2], xp.shape[3], taps)
         out = np.empty((n, fn, oh // 2, ow // 2), dtype=xc.dtype)
         code = np.empty(out.shape, dtype=np.uint8)
-        conv.conv_relu_pool(out, code, xp, Wc.reshape(fn, c * fh * fw), v.bias_vector(bc, fn),
-                            taps)
-        layer.x, layer._col, layer._W2 = xc, None, None
+        W2 = Wc.reshape(fn, c * fh * fw)
+        conv.conv_relu_pool(out, code, xp, W2, v.bias_vector(bc, fn), taps)
+        # the Convolution's state as its own forward pass (direct path) leaves it
+        layer.x, layer._col, layer._W2, layer._direct = xc, None, W2, (xp, taps)
+        layer._geometry, layer._out_dtype = (W.shape, 1, pad, oh, ow), out_dtype
         self._state = (xp, taps, out, code, W.shape, out_dtype)
         return v.as_result(out, out_dtype)
 

@@ -663,10 +663,10 @@ class SimpleConvNet(_ConvNet):
 
         On the kernel backend, ``Conv1 -> Relu1 -> Pool1`` runs as one fused block (a kernel
         for the forward pass, one for ``dW1`` and ``db1``; no ``dx`` for the images), while the
-        layers are the book's (the Convolution at stride 1). ``Conv1``'s ``x``, ``dW`` and
-        ``db`` are set as by the layers; ``Relu1`` and ``Pool1`` keep their state from their
-        last own call (``accuracy`` runs the block's forward pass too). The other layers run as
-        they are.
+        layers are the book's (the Convolution at stride 1). ``Conv1`` is left as its own
+        forward pass leaves it, with ``dW`` and ``db`` set; ``Relu1`` and ``Pool1`` keep their
+        state from their last own call (``accuracy`` runs the block's forward pass too). The
+        other layers run as they are.
         """
         block = self._fused()
         if block is None:

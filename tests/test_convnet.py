@@ -290,6 +290,23 @@ def test_the_fused_block_sets_the_convolutions_gradients():
     assert conv.dW.shape == net.params["W1"].shape and conv.db.shape == (4,)
 
 
+def test_after_the_fused_block_the_convolution_is_as_its_forward_leaves_it():
+    """Conv1's x, col and backward after gradient() are those of Conv1.forward on the images."""
+    net = SimpleConvNet(rng=0, weight_init_std=0.3, **dict(SMALL, conv_param=dict(
+        SMALL["conv_param"], pad=1)))
+    x, t = images(3), np.array([0, 1, 2])
+    conv = net.layers["Conv1"]
+    conv.forward(images(2, seed=5))  # an earlier, different call
+    net.gradient(x, t)
+    ref = reference_layers.Convolution(net.params["W1"], net.params["b1"], 1, 1)
+    ref.forward(x)
+    dout = np.random.default_rng(1).standard_normal((3, 4, 10, 10))
+    np.testing.assert_array_equal(conv.x, x)
+    np.testing.assert_array_equal(conv.col, ref.col)
+    close64(conv.backward(dout), ref.backward(dout))
+    close64(conv.dW, ref.dW)
+
+
 def test_the_fused_block_sees_in_place_updates_and_rebinding():
     net = SimpleConvNet(rng=0, weight_init_std=0.3, **SMALL)
     ref = SimpleConvNet(backend="reference", rng=0, weight_init_std=0.3, **SMALL)
