@@ -218,6 +218,26 @@ def test_no_argument_is_modified():
         np.testing.assert_array_equal(dout, 1)
 
 
+def test_an_inf_in_one_block_of_filters_stays_out_of_the_next(path):
+    """The direct path's dx adds the filters four at a time; with 5 filters the last block
+    holds one, and the planes the previous block left behind (an inf among them) must not be
+    multiplied into it (0 * inf would make NaN where the reference has inf)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2, 7, 6))
+    W = rng.standard_normal((5, 2, 3, 2))
+    b = np.zeros(5)
+    dout = rng.standard_normal((2, 5, 5, 5))
+    dout[0, 1, 2, 2] = np.inf
+    results = []
+    for module in BACKENDS.values():
+        layer = module.Convolution(W, b)
+        layer.forward(x)
+        with np.errstate(invalid="ignore"):
+            results.append(layer.backward(dout))
+    assert np.isinf(results[1]).any()
+    _nan_pattern_agrees(*results)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("stride", [2, 1], ids=["columns", "direct"])
 def test_bit_identical_at_every_thread_count(stride, dtype, monkeypatch):
