@@ -294,29 +294,43 @@ class Convolution:
         """The book's ``col_W``: the filters of the last forward pass as (C * FH * FW, FN)."""
         return None if self._W2 is None else self._W2.T
 
-    def forward(self, x):
+    def _checked(self, x):
+        """Check ``x``, ``W`` and ``b`` and convert them to one compute dtype: ``(xc, W2, bias,
+        w_shape, stride, pad, oh, ow, out_dtype)``, ``W2`` the filters as (FN, C * FH * FW)."""
         x = v._as_array(x, "x")
         W = v._as_array(self.W, "W")
         stride, pad, oh, ow = v.conv_geometry(x, W, self.b, self.stride, self.pad)
         (xc, Wc, bc), out_dtype = v.float_inputs(("x", "W", "b"), x, W, self.b, contiguous=True)
-        n = xc.shape[0]
         fn, c, fh, fw = W.shape
+        return (xc, Wc.reshape(fn, c * fh * fw), v.bias_vector(bc, fn), W.shape, stride, pad,
+                oh, ow, out_dtype)
+
+    def _enter_direct(self, xc, W2, w_shape, pad, oh, ow, out_dtype):
+        """The direct path's forward state (what ``backward`` and ``col`` read): the padded
+        images and the taps' offsets, returned for the kernels."""
+        xp = _padded(xc, pad)
+        _, c, fh, fw = w_shape
+        taps = np.empty(c * fh * fw, dtype=np.intp)
+        conv.tap_offsets(c, fh, fw, xp.shape[2], xp.shape[3], taps)
+        self.x, self._col, self._W2, self._direct = xc, None, W2, (xp, taps)
+        self._geometry, self._out_dtype = (w_shape, 1, pad, oh, ow), out_dtype
+        return xp, taps
+
+    def forward(self, x):
+        xc, W2, bias, w_shape, stride, pad, oh, ow, out_dtype = self._checked(x)
+        n = xc.shape[0]
+        fn, c, fh, fw = w_shape
         k, p = c * fh * fw, oh * ow
-        W2 = Wc.reshape(fn, k)
         self._col = None  # the last pass's columns: freed before the new ones are made
         self._direct = None
         out = np.empty((n, fn, oh, ow), dtype=xc.dtype)
         if stride == 1 and k <= DIRECT_MAX_TAPS:
-            xp = _padded(xc, pad)
-            taps = np.empty(k, dtype=np.intp)
-            conv.tap_offsets(c, fh, fw, xp.shape[2], xp.shape[3], taps)
-            conv.correlate(out, xp, W2, v.bias_vector(bc, fn), taps)
-            self.x, self._W2, self._direct = xc, W2, (xp, taps)
-            self._geometry, self._out_dtype = (W.shape, stride, pad, oh, ow), out_dtype
+            xp, taps = self._enter_direct(xc, W2, w_shape, pad, oh, ow, out_dtype)
+            conv.correlate(out, xp, W2, bias, taps)
             return v.as_result(out, out_dtype)
         Wb = np.empty((fn, k + 1), dtype=xc.dtype)
         Wb[:, :k] = W2
-        Wb[:, k] = v.bias_vector(bc, fn)
+        Wb[:, k] = bias
         out3 = out.reshape(n, fn, p)
         chunk = _images_per_chunk(k + 1, p, xc.dtype)
 
@@ -331,7 +345,7 @@ class Convolution:
 
         _over_images(images, n, col.size, 2 * fn * (k + 1) * p)
         self.x, self._col, self._W2 = xc, col, W2
-        self._geometry, self._out_dtype = (W.shape, stride, pad, oh, ow), out_dtype
+        self._geometry, self._out_dtype = (w_shape, stride, pad, oh, ow), out_dtype
         return v.as_result(out, out_dtype)
 
     def backward(self, dout):
@@ -373,25 +387,30 @@ class Convolution:
     def _backward_direct(self, dout, W, out_dtype, work):
         """``backward`` on the direct path (see :data:`DIRECT_MAX_TAPS`)."""
         xp, taps = self._direct
-        w_shape, _, pad, _, _ = self._geometry
-        fn, k = w_shape[0], taps.size
+        w_shape, _, pad, oh, ow = self._geometry
         d = np.asarray(dout, dtype=work, order="C")
-        xp = xp.astype(work, copy=False)
-        dW = np.empty((fn, k), dtype=work)
-        db = np.empty(fn, dtype=work)
-        oh, ow = d.shape[2:]
-        conv.filter_grads(d, d, _NO_CODE, False, xp, taps, oh, ow, bool(np.isfinite(xp).all()),
-                          dW, db)
-        self.dW = v.as_result(dW.reshape(w_shape), out_dtype)
-        self.db = v.as_result(db, out_dtype)
+        xp = self._direct_grads(d, d, _NO_CODE, False, oh, ow, xp, taps, w_shape, out_dtype)
         if not self.need_dx:
             return None
-        W2 = np.asarray(W, dtype=work, order="C").reshape(fn, k)
+        W2 = np.asarray(W, dtype=work, order="C").reshape(w_shape[0], taps.size)
         dxp = np.empty(xp.shape, dtype=work)
         conv.correlate_dx(d, W2, taps, bool(np.isfinite(W2).all()), dxp)
         h, w = self.x.shape[2:]
         dx = dxp if not pad else np.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + w])
         return v.as_result(dx, out_dtype)
+
+    def _direct_grads(self, d, out, code, pooled, rows, cols, xp, taps, w_shape, out_dtype):
+        """Set ``dW`` and ``db`` from ``d`` (in the compute dtype) with
+        :func:`fastbp.kernels.conv.filter_grads`; returns ``xp`` in ``d``'s dtype."""
+        work = d.dtype
+        xp = xp.astype(work, copy=False)
+        dW = np.empty((w_shape[0], taps.size), dtype=work)
+        db = np.empty(w_shape[0], dtype=work)
+        conv.filter_grads(d, out, code, pooled, xp, taps, rows, cols,
+                          bool(np.isfinite(xp).all()), dW, db)
+        self.dW = v.as_result(dW.reshape(w_shape), out_dtype)
+        self.db = v.as_result(db, out_dtype)
+        return xp
 
 
 _NO_CODE = np.empty((0, 0, 0, 0), dtype=np.uint8)
@@ -498,28 +517,16 @@ class _ConvReluPool:
 
     def forward(self, x):
         """The Pooling's output for images ``x`` (N, C, H, W)."""
-        layer = self.conv
-        x = v._as_array(x, "x")
-        W = v._as_array(layer.W, "W")
-        _, pad, oh, ow = v.conv_geometry(x, W, layer.b, layer.stride, layer.pad)
+        xc, W2, bias, w_shape, _, pad, oh, ow, out_dtype = self.conv._checked(x)
         if oh < 2 or ow < 2:
             raise ValueError(f"Pooling: a 2x2 window does not fit the convolution's {oh}x{ow} "
                              "output")
-        (xc, Wc, bc), out_dtype = v.float_inputs(("x", "W", "b"), x, W, layer.b,
-                                                 contiguous=True)
-        n, c = xc.shape[:2]
-        fn, _, fh, fw = W.shape
-        xp = _padded(xc, pad)
-        taps = np.empty(c * fh * fw, dtype=np.intp)
-        conv.tap_offsets(c, fh, fw, xp.shape[2], xp.shape[3], taps)
-        out = np.empty((n, fn, oh // 2, ow // 2), dtype=xc.dtype)
-        code = np.empty(out.shape, dtype=np.uint8)
-        W2 = Wc.reshape(fn, c * fh * fw)
-        conv.conv_relu_pool(out, code, xp, W2, v.bias_vector(bc, fn), taps)
         # the Convolution's state as its own forward pass (direct path) leaves it
-        layer.x, layer._col, layer._W2, layer._direct = xc, None, W2, (xp, taps)
-        layer._geometry, layer._out_dtype = (W.shape, 1, pad, oh, ow), out_dtype
-        self._state = (xp, taps, out, code, W.shape, out_dtype)
+        xp, taps = self.conv._enter_direct(xc, W2, w_shape, pad, oh, ow, out_dtype)
+        out = np.empty((xc.shape[0], w_shape[0], oh // 2, ow // 2), dtype=xc.dtype)
+        code = np.empty(out.shape, dtype=np.uint8)
+        conv.conv_relu_pool(out, code, xp, W2, bias, taps)
+        self._state = (xp, taps, out, code, w_shape, out_dtype)
         return v.as_result(out, out_dtype)
 
     def backward_params(self, dout):
@@ -530,15 +537,8 @@ class _ConvReluPool:
         dout = v.gradient_for(dout, out.shape, "Pooling")
         out_dtype, work = v.backward_dtypes(forward_dtype, dout)
         d = np.asarray(dout, dtype=work, order="C")
-        xp, out = xp.astype(work, copy=False), out.astype(work, copy=False)  # exact
-        fn = w_shape[0]
-        dW = np.empty((fn, taps.size), dtype=work)
-        db = np.empty(fn, dtype=work)
-        finite = bool(np.isfinite(xp).all())
-        conv.filter_grads(d, out, code, True, xp, taps, 2 * out.shape[2], 2 * out.shape[3],
-                          finite, dW, db)
-        self.conv.dW = v.as_result(dW.reshape(w_shape), out_dtype)
-        self.conv.db = v.as_result(db, out_dtype)
+        self.conv._direct_grads(d, out.astype(work, copy=False), code, True, 2 * out.shape[2],
+                                2 * out.shape[3], xp, taps, w_shape, out_dtype)
 
 
 def _is_int(value, want):

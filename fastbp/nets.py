@@ -547,16 +547,6 @@ def _backward_without_dx(conv, dout):
         conv.need_dx = saved
 
 
-def _fused_block(layers):
-    """fastbp's fused Convolution-Relu-Pooling block over ``layers``, or ``None`` where they are
-    not fastbp's kernel layers (the reference backend)."""
-    from fastbp import layers as kernel_layers
-
-    if type(layers[0]) is not kernel_layers.Convolution:
-        return None
-    return kernel_layers._ConvReluPool(*layers)
-
-
 class SimpleConvNet(_ConvNet):
     """conv - relu - pool - affine - relu - affine - softmax: the book's ``ch07/simple_convnet.py``.
 
@@ -639,12 +629,14 @@ class SimpleConvNet(_ConvNet):
     def _fused(self):
         """The fused block over the first three layers, or None where they are not the block
         it computes (see :meth:`gradient`)."""
+        if self.backend != "kernel":  # the reference layers are never the block
+            return None
         layers = self._layer_list()
         block = self._block
         if block is None or block.conv is not layers[0] or block.relu is not layers[1] \
                 or block.pool is not layers[2]:
-            block = self._block = _fused_block(layers[:3])
-        return block if block is not None and block.fits() else None
+            block = self._block = layer_module("kernel")._ConvReluPool(*layers[:3])
+        return block if block.fits() else None
 
     def _logits(self, x):
         """``predict(x)`` through the fused block where it applies (``accuracy`` keeps nothing
