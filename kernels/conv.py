@@ -265,6 +265,49 @@ def _correlate_plane(xi, wrow, bias, taps, acc):
         t += 1
 
 
+@kernel(fastmath=True)
+def _correlate_pair(xi, wa, wb, ba, bb, taps, acca, accb):
+    """:func:`_correlate_plane` for two filters at once (``wa``, ``ba`` into ``acca``; ``wb``,
+    ``bb`` into ``accb``): each pass reads four taps' runs of the image once for both, which
+    halves the loads per product (1.2-1.7x faster at the book's shapes). Each filter's terms
+    are the ones :func:`_correlate_plane` adds, in its order."""
+    span = acca.size
+    for q in range(span):
+        acca[q] = ba
+        accb[q] = bb
+    k = taps.size
+    t = 0
+    while t + 4 <= k:
+        a0 = wa[t]
+        a1 = wa[t + 1]
+        a2 = wa[t + 2]
+        a3 = wa[t + 3]
+        b0 = wb[t]
+        b1 = wb[t + 1]
+        b2 = wb[t + 2]
+        b3 = wb[t + 3]
+        s0 = xi[taps[t]:taps[t] + span]
+        s1 = xi[taps[t + 1]:taps[t + 1] + span]
+        s2 = xi[taps[t + 2]:taps[t + 2] + span]
+        s3 = xi[taps[t + 3]:taps[t + 3] + span]
+        for q in range(span):
+            v0 = s0[q]
+            v1 = s1[q]
+            v2 = s2[q]
+            v3 = s3[q]
+            acca[q] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
+            accb[q] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
+        t += 4
+    while t < k:
+        a0 = wa[t]
+        b0 = wb[t]
+        s0 = xi[taps[t]:taps[t] + span]
+        for q in range(span):
+            acca[q] += a0 * s0[q]
+            accb[q] += b0 * s0[q]
+        t += 1
+
+
 @kernel
 def _relu_pool_plane(acc, wp, out, code):
     """Relu, then 2x2 max pooling at stride 2, of the plane ``acc`` (row stride ``wp``).
@@ -328,11 +371,16 @@ def conv_relu_pool(out, code, xp, W, b, taps):
     fn = W.shape[0]
     span = (2 * out.shape[2] - 1) * wp + 2 * out.shape[3]
     for n in prange(n_img):
-        acc = np.empty(2 * out.shape[2] * wp, dtype=out.dtype)
+        acc = np.empty((2, 2 * out.shape[2] * wp), dtype=out.dtype)
         xi = xp[n].reshape(c_count * hp * wp)
-        for f in range(fn):
-            _correlate_plane(xi, W[f], b[f], taps, acc[:span])
-            _relu_pool_plane(acc, wp, out[n, f], code[n, f])
+        for f in range(0, fn - 1, 2):  # filters in pairs (_correlate_pair), then an odd one
+            _correlate_pair(xi, W[f], W[f + 1], b[f], b[f + 1], taps, acc[0, :span],
+                            acc[1, :span])
+            _relu_pool_plane(acc[0], wp, out[n, f], code[n, f])
+            _relu_pool_plane(acc[1], wp, out[n, f + 1], code[n, f + 1])
+        if fn % 2:
+            _correlate_plane(xi, W[fn - 1], b[fn - 1], taps, acc[0, :span])
+            _relu_pool_plane(acc[0], wp, out[n, fn - 1], code[n, fn - 1])
 
 
 FILTER_BLOCK = 4
@@ -361,39 +409,90 @@ def _unpool_relu_plane(dout, out, code, wp, d):
 
 
 @kernel(fastmath=True)
-def _correlate_grads(xi, taps, wp, rows, cols, finite, d0, d1, d2, d3, acc):
-    """``acc[r, t] += sum over y < rows, o < cols of d_r[y * wp + o] * xi[taps[t] + y * wp + o]``
-    for the four planes ``d_r`` (row stride ``wp``, zero beyond ``cols`` in each row).
+def _correlate_grads(xi, taps, span, d0, d1, d2, d3, acc):
+    """``acc[r, t] += sum over q < span of d_r[q] * xi[taps[t] + q]`` for the four planes
+    ``d_r`` (row stride ``wp``, zero beyond the output's columns in each row) of an image ``xi``
+    that holds no inf or NaN.
 
-    With ``finite`` (no inf or NaN in the image) each tap is one dot product over the whole
-    span, the zeros between the rows included: they add exact zeros. Otherwise row by row, so
-    that an image value that no window of the tap reaches is never multiplied (0 * inf is NaN,
-    which the layers would not give)."""
+    Each tap is one dot product over the whole span, the zeros between the rows included: they
+    add exact zeros. Two taps per pass, so that each load of the planes serves eight sums
+    (1.2-1.6x faster than a tap at a time at the book's shapes)."""
     zero = acc.dtype.type(0)
-    span = (rows - 1) * wp + cols
+    k = taps.size
+    t = 0
+    while t + 2 <= k:
+        s0 = zero
+        s1 = zero
+        s2 = zero
+        s3 = zero
+        u0 = zero
+        u1 = zero
+        u2 = zero
+        u3 = zero
+        xr = xi[taps[t]:taps[t] + span]
+        xs = xi[taps[t + 1]:taps[t + 1] + span]
+        for q in range(span):
+            v = xr[q]
+            w = xs[q]
+            e0 = d0[q]
+            e1 = d1[q]
+            e2 = d2[q]
+            e3 = d3[q]
+            s0 += e0 * v
+            s1 += e1 * v
+            s2 += e2 * v
+            s3 += e3 * v
+            u0 += e0 * w
+            u1 += e1 * w
+            u2 += e2 * w
+            u3 += e3 * w
+        acc[0, t] += s0
+        acc[1, t] += s1
+        acc[2, t] += s2
+        acc[3, t] += s3
+        acc[0, t + 1] += u0
+        acc[1, t + 1] += u1
+        acc[2, t + 1] += u2
+        acc[3, t + 1] += u3
+        t += 2
+    if t < k:
+        s0 = zero
+        s1 = zero
+        s2 = zero
+        s3 = zero
+        xr = xi[taps[t]:taps[t] + span]
+        for q in range(span):
+            v = xr[q]
+            s0 += d0[q] * v
+            s1 += d1[q] * v
+            s2 += d2[q] * v
+            s3 += d3[q] * v
+        acc[0, t] += s0
+        acc[1, t] += s1
+        acc[2, t] += s2
+        acc[3, t] += s3
+
+
+@kernel(fastmath=True)
+def _correlate_grads_rows(xi, taps, wp, rows, cols, d0, d1, d2, d3, acc):
+    """:func:`_correlate_grads` row by row, a tap at a time, for an image that holds an inf or
+    a NaN: an image value that no window of the tap reaches is never multiplied (0 * inf is
+    NaN, which the layers would not give)."""
+    zero = acc.dtype.type(0)
     for t in range(taps.size):
         s0 = zero
         s1 = zero
         s2 = zero
         s3 = zero
-        if finite:
-            xr = xi[taps[t]:taps[t] + span]
-            for q in range(span):
-                v = xr[q]
-                s0 += d0[q] * v
-                s1 += d1[q] * v
-                s2 += d2[q] * v
-                s3 += d3[q] * v
-        else:
-            for y in range(rows):
-                base = y * wp
-                xr = xi[taps[t] + base:taps[t] + base + cols]
-                for o in range(cols):
-                    v = xr[o]
-                    s0 += d0[base + o] * v
-                    s1 += d1[base + o] * v
-                    s2 += d2[base + o] * v
-                    s3 += d3[base + o] * v
+        for y in range(rows):
+            base = y * wp
+            xr = xi[taps[t] + base:taps[t] + base + cols]
+            for o in range(cols):
+                v = xr[o]
+                s0 += d0[base + o] * v
+                s1 += d1[base + o] * v
+                s2 += d2[base + o] * v
+                s3 += d3[base + o] * v
         acc[0, t] += s0
         acc[1, t] += s1
         acc[2, t] += s2
@@ -417,22 +516,28 @@ def correlate(out, xp, W, b, taps):
     oh, ow = out.shape[2], out.shape[3]
     span = (oh - 1) * wp + ow
     for n in prange(n_img):
-        acc = np.empty(span, dtype=out.dtype)
+        acc = np.empty((2, span), dtype=out.dtype)
         xi = xp[n].reshape(c_count * hp * wp)
-        for f in range(fn):
-            _correlate_plane(xi, W[f], b[f], taps, acc)
-            plane = out[n, f]
-            for y in range(oh):
-                row = acc[y * wp:y * wp + ow]
-                dst = plane[y]
-                for o in range(ow):
-                    dst[o] = row[o]
+        for f in range(0, fn, 2):  # filters in pairs (_correlate_pair), then an odd one
+            if f + 1 < fn:
+                _correlate_pair(xi, W[f], W[f + 1], b[f], b[f + 1], taps, acc[0], acc[1])
+            else:
+                _correlate_plane(xi, W[f], b[f], taps, acc[0])
+            for r in range(min(2, fn - f)):
+                plane = out[n, f + r]
+                for y in range(oh):
+                    row = acc[r, y * wp:y * wp + ow]
+                    dst = plane[y]
+                    for o in range(ow):
+                        dst[o] = row[o]
 
 
-@kernel
+@kernel(fastmath=True)
 def _spread_plane(dout, wp, d):
     """Copy the plane ``dout`` (OH, OW) into ``d`` at row stride ``wp`` (the columns between
-    its rows are left as they are: zero). Returns the plane's sum, rows in order."""
+    its rows are left as they are: zero). Returns the plane's sum, in the order this code fixes
+    (vectorised: in float32 the sum in order took a third of the block's ``dW`` time). An inf
+    or a NaN in the plane makes the sum inf or NaN in any order."""
     oh, ow = dout.shape
     total = d.dtype.type(0)
     for y in range(oh):
@@ -453,8 +558,8 @@ def filter_grads(dout, out, code, pooled, xp, taps, rows, cols, finite, dW, db):
     the convolution's output, and ``out`` and ``code`` are not read. ``pooled`` True (the fused
     block, :func:`conv_relu_pool`): ``dout`` (N, FN, PH, PW) is the gradient at the pooled
     output, ``out`` and ``code`` the block's forward results, and ``rows``, ``cols`` are
-    ``2 * PH``, ``2 * PW``. ``finite``: ``xp`` holds no inf or NaN (see
-    :func:`_correlate_grads`).
+    ``2 * PH``, ``2 * PW``. ``finite``: ``xp`` holds no inf or NaN (else
+    :func:`_correlate_grads_rows` goes row by row).
 
     Parallel over blocks of :data:`FILTER_BLOCK` filters: a thread owns whole rows of ``dW``, and
     adds the images in order, so the sums do not depend on the thread count.
@@ -476,37 +581,67 @@ def filter_grads(dout, out, code, pooled, xp, taps, rows, cols, finite, dW, db):
                                                   code[n, f0 + r], wp, d[r])
                 else:
                     bias[r] += _spread_plane(dout[n, f0 + r], wp, d[r])
-            _correlate_grads(xp[n].reshape(c_count * hp * wp), taps, wp, rows, cols, finite,
-                             d[0], d[1], d[2], d[3], acc)
+            xi = xp[n].reshape(c_count * hp * wp)
+            if finite:
+                _correlate_grads(xi, taps, span, d[0], d[1], d[2], d[3], acc)
+            else:
+                _correlate_grads_rows(xi, taps, wp, rows, cols, d[0], d[1], d[2], d[3], acc)
         for r in range(count):
             for t in range(k):
                 dW[f0 + r, t] = acc[r, t]
             db[f0 + r] = bias[r]
 
 
+@kernel
+def _block_weights(W, f0, count, t):
+    """The weights of tap ``t`` for filters ``f0 .. f0 + 3``; zero for those past ``count``."""
+    zero = W.dtype.type(0)
+    return (W[f0, t], W[f0 + 1, t] if count > 1 else zero, W[f0 + 2, t] if count > 2 else zero,
+            W[f0 + 3, t] if count > 3 else zero)
+
+
 @kernel(fastmath=True)
-def _scatter_taps(W, f0, count, taps, oh, ow, wp, finite, d, dxi):
+def _scatter_taps(W, f0, count, taps, c_count, oh, ow, wp, finite, d, dxi):
     """``dxi[taps[t] + q] += sum over r < 4 of W[f0 + r, t] * d[r, q]``: the windows' gradients
-    of up to four filters added back into the flat padded image ``dxi``, a tap at a time. Rows
-    ``r >= count`` of ``d`` must be zero (their weights are taken as zero). With ``finite`` (no
-    inf or NaN in ``W`` or in ``d``) over the whole span, the zeros between the rows included;
-    otherwise row by row (see :func:`_correlate_grads`)."""
-    zero = dxi.dtype.type(0)
+    of up to four filters added back into the flat padded image ``dxi`` of ``c_count`` channels.
+    Rows ``r >= count`` of ``d`` must be zero (their weights are taken as zero).
+
+    With ``finite`` (no inf or NaN in ``W`` or in ``d``) over the whole span, the zeros between
+    the rows included, and two channels per pass (the same tap of channels c and c + 1 writes
+    two disjoint runs, so each load of the planes serves both: 1.2-1.35x faster at
+    DeepConvNet's shapes); each element still receives its terms in tap order. Otherwise row by
+    row, a tap at a time (as :func:`_correlate_grads_rows`)."""
     span = (oh - 1) * wp + ow
     d0 = d[0]
     d1 = d[1]
     d2 = d[2]
     d3 = d[3]
-    for t in range(taps.size):
-        w0 = W[f0, t]
-        w1 = W[f0 + 1, t] if count > 1 else zero
-        w2 = W[f0 + 2, t] if count > 2 else zero
-        w3 = W[f0 + 3, t] if count > 3 else zero
-        if finite:  # one loop from 0: LLVM vectorises it (row by row it did not, 3-5x slower)
+    k = taps.size
+    if finite:  # one loop from 0: LLVM vectorises it (row by row it did not, 3-5x slower)
+        per_channel = k // c_count
+        for c in range(0, c_count - 1, 2):
+            for j in range(per_channel):
+                ta = c * per_channel + j
+                tb = ta + per_channel
+                a0, a1, a2, a3 = _block_weights(W, f0, count, ta)
+                b0, b1, b2, b3 = _block_weights(W, f0, count, tb)
+                dst_a = dxi[taps[ta]:taps[ta] + span]
+                dst_b = dxi[taps[tb]:taps[tb] + span]
+                for q in range(span):
+                    e0 = d0[q]
+                    e1 = d1[q]
+                    e2 = d2[q]
+                    e3 = d3[q]
+                    dst_a[q] += a0 * e0 + a1 * e1 + a2 * e2 + a3 * e3
+                    dst_b[q] += b0 * e0 + b1 * e1 + b2 * e2 + b3 * e3
+        for t in range((c_count - c_count % 2) * per_channel, k):  # an odd last channel
+            w0, w1, w2, w3 = _block_weights(W, f0, count, t)
             dst = dxi[taps[t]:taps[t] + span]
             for q in range(span):
                 dst[q] += w0 * d0[q] + w1 * d1[q] + w2 * d2[q] + w3 * d3[q]
-        else:
+    else:
+        for t in range(k):
+            w0, w1, w2, w3 = _block_weights(W, f0, count, t)
             for y in range(oh):
                 base = y * wp
                 dst = dxi[taps[t] + base:taps[t] + base + ow]
@@ -540,4 +675,4 @@ def correlate_dx(dout, W, taps, finite, dxp):
                 planes_finite &= total - total == zero  # NaN for an inf or NaN in the plane
             for r in range(count, FILTER_BLOCK):  # the last block's unused planes: not the
                 d[r, :] = zero  # previous block's (0 * inf would make NaN)
-            _scatter_taps(W, f0, count, taps, oh, ow, wp, planes_finite, d, dxi)
+            _scatter_taps(W, f0, count, taps, c_count, oh, ow, wp, planes_finite, d, dxi)
