@@ -113,33 +113,47 @@ def warm_start(repeats=5):
 
 
 def blas_gain():
+    """Each product on 1, 2 and all BLAS threads, the count set once per block of calls
+    through the BLAS library's own setter (threadpoolctl's ``threadpool_limits`` scans the
+    loaded libraries on every entry, about 0.5 ms here: inside the timing it swamped the small
+    products, so an earlier version of this table overstated their one-thread times 2-3x)."""
     import numpy as np
-    from threadpoolctl import threadpool_limits
 
     from fastbp.bench import time_interleaved
+    from fastbp.threads import _find_blas
 
+    lib = _find_blas().lib
+    if lib is None:
+        print("no BLAS library that threadpoolctl can control: nothing to measure")
+        return
+    yours = lib.get_num_threads()
     most = os.cpu_count() or 1
     counts = sorted({1, 2, most} & set(range(1, most + 1)))
     rng = np.random.default_rng(0)
-    shapes = [(100, 64, 100), (100, 100, 10), (100, 200, 50), (100, 784, 50), (100, 50, 784),
-              (784, 100, 50), (256, 256, 256), (256, 1024, 1000)]
+    shapes = [(100, 64, 100), (64, 100, 100), (100, 100, 64), (100, 100, 10), (100, 200, 50),
+              (100, 784, 50), (100, 50, 784), (784, 100, 50), (256, 256, 256),
+              (256, 1024, 1000)]
     print("product m x k x n: time on 1 thread, and speed-up on " + ", ".join(map(str, counts)))
-    for dtype in ("float64", "float32"):
-        for m, k, n in shapes:
-            a = rng.standard_normal((m, k)).astype(dtype)
-            b = rng.standard_normal((k, n)).astype(dtype)
-            out = np.empty((m, n), dtype=dtype)
+    try:
+        for dtype in ("float64", "float32"):
+            for m, k, n in shapes:
+                a = rng.standard_normal((m, k)).astype(dtype)
+                b = rng.standard_normal((k, n)).astype(dtype)
+                out = np.empty((m, n), dtype=dtype)
+                calls = max(1, int(2e8 / (2 * m * n * k)))  # a block of about 10 ms
 
-            def on(count, a=a, b=b, out=out):
-                def run():
-                    with threadpool_limits(count, user_api="blas"):
-                        for _ in range(20):
+                def on(count, a=a, b=b, out=out, calls=calls):
+                    def run():
+                        lib.set_num_threads(count)
+                        for _ in range(calls):
                             np.dot(a, b, out=out)
-                return run
-            times = time_interleaved([on(c) for c in counts], target=0.2)
-            gains = " ".join(f"{times[0] / t:5.2f}x" for t in times)
-            print(f"{dtype} {m:>4}x{k:>4}x{n:>4} ({2 * m * n * k / 1e6:7.1f} MFLOP): "
-                  f"{times[0] / 20 * 1e6:9.1f} us  {gains}", flush=True)
+                    return run
+                times = time_interleaved([on(c) for c in counts], target=0.3)
+                gains = " ".join(f"{times[0] / t:5.2f}x" for t in times)
+                print(f"{dtype} {m:>4}x{k:>4}x{n:>4} ({2 * m * n * k / 1e6:7.1f} MFLOP): "
+                      f"{times[0] / calls * 1e6:9.1f} us  {gains}", flush=True)
+    finally:
+        lib.set_num_threads(yours)
 
 
 def _per_call_us(f, inner=200, repeats=100):
