@@ -222,6 +222,22 @@ def fold(col, fh, fw, stride, pad, dx):
 # image: every tap is one long contiguous multiply-add of ``span`` elements (the columns from
 # 2 * PW to Wp of each row are computed and not used: cheap, and the loop vectorises whole).
 # Only the rows and columns that the pooling reads are computed (2 * PH and 2 * PW).
+#
+# The runs are rounded up to a multiple of SPAN_ROUND elements, so that LLVM's vectorised loop
+# covers them whole: otherwise its scalar remainder (up to 31 elements in float32) took as long
+# as the rest at DeepConvNet's 7x7 maps (a run of 61). The extra positions are computed and
+# dropped: a forward pass reads them from the next image (never past the last one, which keeps
+# its exact run), dW multiplies them by zeros (a finite image: the next one is checked too),
+# and dx adds them into a buffer of its own.
+
+SPAN_ROUND = 32
+"""The direct kernels' runs are rounded up to a multiple of this many elements."""
+
+
+@kernel
+def _rounded(span):
+    """``span`` rounded up to a multiple of :data:`SPAN_ROUND`."""
+    return (span + SPAN_ROUND - 1) // SPAN_ROUND * SPAN_ROUND
 
 
 @kernel
@@ -367,12 +383,13 @@ def conv_relu_pool(out, code, xp, W, b, taps):
     output (``2 * PH <= Hp - FH + 1``, likewise PW), and ``code`` (uint8, same shape), each
     window's winner (see :func:`_relu_pool_plane`). Parallel over images.
     """
-    n_img, c_count, hp, wp = xp.shape
+    n_img, wp = xp.shape[0], xp.shape[3]
     fn = W.shape[0]
-    span = (2 * out.shape[2] - 1) * wp + 2 * out.shape[3]
+    exact = (2 * out.shape[2] - 1) * wp + 2 * out.shape[3]
     for n in prange(n_img):
-        acc = np.empty((2, 2 * out.shape[2] * wp), dtype=out.dtype)
-        xi = xp[n].reshape(c_count * hp * wp)
+        span = _rounded(exact) if n + 1 < n_img else exact  # see SPAN_ROUND
+        acc = np.empty((2, max(span, 2 * out.shape[2] * wp)), dtype=out.dtype)
+        xi = xp[n:].reshape(xp[n:].size)
         for f in range(0, fn - 1, 2):  # filters in pairs (_correlate_pair), then an odd one
             _correlate_pair(xi, W[f], W[f + 1], b[f], b[f + 1], taps, acc[0, :span],
                             acc[1, :span])
@@ -511,13 +528,14 @@ def correlate(out, xp, W, b, taps):
     """Convolution's forward pass at stride 1: ``out`` (N, FN, OH, OW) from the padded input
     ``xp`` (N, C, Hp, Wp), the filters ``W`` (FN, C * FH * FW), the bias ``b`` (FN,) and
     ``taps`` from :func:`tap_offsets`. Parallel over images."""
-    n_img, c_count, hp, wp = xp.shape
+    n_img, wp = xp.shape[0], xp.shape[3]
     fn = W.shape[0]
     oh, ow = out.shape[2], out.shape[3]
-    span = (oh - 1) * wp + ow
+    exact = (oh - 1) * wp + ow
     for n in prange(n_img):
+        span = _rounded(exact) if n + 1 < n_img else exact  # see SPAN_ROUND
         acc = np.empty((2, span), dtype=out.dtype)
-        xi = xp[n].reshape(c_count * hp * wp)
+        xi = xp[n:].reshape(xp[n:].size)
         for f in range(0, fn, 2):  # filters in pairs (_correlate_pair), then an odd one
             if f + 1 < fn:
                 _correlate_pair(xi, W[f], W[f + 1], b[f], b[f + 1], taps, acc[0], acc[1])
@@ -566,12 +584,12 @@ def filter_grads(dout, out, code, pooled, xp, taps, rows, cols, finite, dW, db):
     """
     n_img, c_count, hp, wp = xp.shape
     fn, k = dW.shape
-    span = (rows - 1) * wp + cols
+    exact = (rows - 1) * wp + cols
     blocks = (fn + FILTER_BLOCK - 1) // FILTER_BLOCK
     for blk in prange(blocks):
         f0 = blk * FILTER_BLOCK
         count = min(fn, f0 + FILTER_BLOCK) - f0
-        d = np.zeros((FILTER_BLOCK, span), dtype=dW.dtype)
+        d = np.zeros((FILTER_BLOCK, _rounded(exact)), dtype=dW.dtype)  # zero past ``exact``
         acc = np.zeros((FILTER_BLOCK, k), dtype=dW.dtype)
         bias = np.zeros(FILTER_BLOCK, dtype=dW.dtype)
         for n in range(n_img):
@@ -581,11 +599,13 @@ def filter_grads(dout, out, code, pooled, xp, taps, rows, cols, finite, dW, db):
                                                   code[n, f0 + r], wp, d[r])
                 else:
                     bias[r] += _spread_plane(dout[n, f0 + r], wp, d[r])
-            xi = xp[n].reshape(c_count * hp * wp)
-            if finite:
-                _correlate_grads(xi, taps, span, d[0], d[1], d[2], d[3], acc)
+            if finite:  # the next image is finite too: its values meet zeros (see SPAN_ROUND)
+                span = _rounded(exact) if n + 1 < n_img else exact
+                _correlate_grads(xp[n:].reshape(xp[n:].size), taps, span, d[0], d[1], d[2], d[3],
+                                 acc)
             else:
-                _correlate_grads_rows(xi, taps, wp, rows, cols, d[0], d[1], d[2], d[3], acc)
+                _correlate_grads_rows(xp[n].reshape(c_count * hp * wp), taps, wp, rows, cols,
+                                      d[0], d[1], d[2], d[3], acc)
         for r in range(count):
             for t in range(k):
                 dW[f0 + r, t] = acc[r, t]
@@ -601,7 +621,7 @@ def _block_weights(W, f0, count, t):
 
 
 @kernel(fastmath=True)
-def _scatter_taps(W, f0, count, taps, c_count, oh, ow, wp, finite, d, dxi):
+def _scatter_taps(W, f0, count, taps, c_count, oh, ow, wp, span, finite, d, dxi):
     """``dxi[taps[t] + q] += sum over r < 4 of W[f0 + r, t] * d[r, q]``: the windows' gradients
     of up to four filters added back into the flat padded image ``dxi`` of ``c_count`` channels.
     Rows ``r >= count`` of ``d`` must be zero (their weights are taken as zero).
@@ -609,9 +629,9 @@ def _scatter_taps(W, f0, count, taps, c_count, oh, ow, wp, finite, d, dxi):
     With ``finite`` (no inf or NaN in ``W`` or in ``d``) over the whole span, the zeros between
     the rows included, and two channels per pass (the same tap of channels c and c + 1 writes
     two disjoint runs, so each load of the planes serves both: 1.2-1.35x faster at
-    DeepConvNet's shapes); each element still receives its terms in tap order. Otherwise row by
-    row, a tap at a time (as :func:`_correlate_grads_rows`)."""
-    span = (oh - 1) * wp + ow
+    DeepConvNet's shapes); each element still receives its terms in tap order. ``span``: the
+    runs' length, at least ``(oh - 1) * wp + ow`` (``d`` is zero past that, and ``dxi`` has room
+    for it). Otherwise row by row, a tap at a time (as :func:`_correlate_grads_rows`)."""
     d0 = d[0]
     d1 = d[1]
     d2 = d[2]
@@ -660,13 +680,12 @@ def correlate_dx(dout, W, taps, finite, dxp):
     n_img, c_count, hp, wp = dxp.shape
     fn = W.shape[0]
     oh, ow = dout.shape[2], dout.shape[3]
-    span = (oh - 1) * wp + ow
+    span = _rounded((oh - 1) * wp + ow)
+    size = c_count * hp * wp
     zero = dxp.dtype.type(0)
     for n in prange(n_img):
-        dxi = dxp[n].reshape(c_count * hp * wp)
-        for q in range(dxi.size):
-            dxi[q] = zero
-        d = np.zeros((FILTER_BLOCK, span), dtype=dxp.dtype)
+        dxi = np.zeros(size + SPAN_ROUND, dtype=dxp.dtype)  # room for the rounded runs
+        d = np.zeros((FILTER_BLOCK, span), dtype=dxp.dtype)  # zero past the exact run
         for f0 in range(0, fn, FILTER_BLOCK):
             count = min(fn, f0 + FILTER_BLOCK) - f0
             planes_finite = finite
@@ -675,4 +694,8 @@ def correlate_dx(dout, W, taps, finite, dxp):
                 planes_finite &= total - total == zero  # NaN for an inf or NaN in the plane
             for r in range(count, FILTER_BLOCK):  # the last block's unused planes: not the
                 d[r, :] = zero  # previous block's (0 * inf would make NaN)
-            _scatter_taps(W, f0, count, taps, c_count, oh, ow, wp, planes_finite, d, dxi)
+            _scatter_taps(W, f0, count, taps, c_count, oh, ow, wp, span, planes_finite, d,
+                          dxi)
+        dst = dxp[n].reshape(size)
+        for q in range(size):
+            dst[q] = dxi[q]
