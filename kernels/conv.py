@@ -251,42 +251,14 @@ def tap_offsets(c_count, fh, fw, hp, wp, taps):
 
 
 @kernel(fastmath=True)
-def _correlate_plane(xi, wrow, bias, taps, acc):
-    """``acc`` (span,) = bias + sum over taps t of ``wrow[t] * xi[taps[t]:taps[t] + span]``.
-
-    Four taps per pass over ``acc``, so that it is loaded and stored once per four products. The
-    order of the terms is fixed by the code, so every build gives the same bits."""
-    span = acc.size
-    for q in range(span):
-        acc[q] = bias
-    k = taps.size
-    t = 0
-    while t + 4 <= k:
-        w0 = wrow[t]
-        w1 = wrow[t + 1]
-        w2 = wrow[t + 2]
-        w3 = wrow[t + 3]
-        s0 = xi[taps[t]:taps[t] + span]
-        s1 = xi[taps[t + 1]:taps[t + 1] + span]
-        s2 = xi[taps[t + 2]:taps[t + 2] + span]
-        s3 = xi[taps[t + 3]:taps[t + 3] + span]
-        for q in range(span):
-            acc[q] += w0 * s0[q] + w1 * s1[q] + w2 * s2[q] + w3 * s3[q]
-        t += 4
-    while t < k:
-        w0 = wrow[t]
-        s0 = xi[taps[t]:taps[t] + span]
-        for q in range(span):
-            acc[q] += w0 * s0[q]
-        t += 1
-
-
-@kernel(fastmath=True)
 def _correlate_pair(xi, wa, wb, ba, bb, taps, acca, accb):
-    """:func:`_correlate_plane` for two filters at once (``wa``, ``ba`` into ``acca``; ``wb``,
-    ``bb`` into ``accb``): each pass reads four taps' runs of the image once for both, which
-    halves the loads per product (1.2-1.7x faster at the book's shapes). Each filter's terms
-    are the ones :func:`_correlate_plane` adds, in its order."""
+    """``acca`` (span,) = ``ba`` + sum over taps t of ``wa[t] * xi[taps[t]:taps[t] + span]``,
+    and ``accb`` likewise from ``wb`` and ``bb``: two filters' planes at once.
+
+    Four taps per pass, so that each accumulator is loaded and stored once per four products,
+    and each load of the image's runs serves both filters (1.2-1.7x faster than one filter at
+    a time at the book's shapes). The order of the terms is fixed by the code, so every build
+    gives the same bits. A lone filter is passed as both (its second plane is thrown away)."""
     span = acca.size
     for q in range(span):
         acca[q] = ba
@@ -390,14 +362,12 @@ def conv_relu_pool(out, code, xp, W, b, taps):
         span = _rounded(exact) if n + 1 < n_img else exact  # see SPAN_ROUND
         acc = np.empty((2, max(span, 2 * out.shape[2] * wp)), dtype=out.dtype)
         xi = xp[n:].reshape(xp[n:].size)
-        for f in range(0, fn - 1, 2):  # filters in pairs (_correlate_pair), then an odd one
-            _correlate_pair(xi, W[f], W[f + 1], b[f], b[f + 1], taps, acc[0, :span],
-                            acc[1, :span])
+        for f in range(0, fn, 2):  # filters in pairs; an odd last one paired with itself
+            g = min(f + 1, fn - 1)
+            _correlate_pair(xi, W[f], W[g], b[f], b[g], taps, acc[0, :span], acc[1, :span])
             _relu_pool_plane(acc[0], wp, out[n, f], code[n, f])
-            _relu_pool_plane(acc[1], wp, out[n, f + 1], code[n, f + 1])
-        if fn % 2:
-            _correlate_plane(xi, W[fn - 1], b[fn - 1], taps, acc[0, :span])
-            _relu_pool_plane(acc[0], wp, out[n, fn - 1], code[n, fn - 1])
+            if g > f:
+                _relu_pool_plane(acc[1], wp, out[n, g], code[n, g])
 
 
 FILTER_BLOCK = 4
@@ -536,12 +506,10 @@ def correlate(out, xp, W, b, taps):
         span = _rounded(exact) if n + 1 < n_img else exact  # see SPAN_ROUND
         acc = np.empty((2, span), dtype=out.dtype)
         xi = xp[n:].reshape(xp[n:].size)
-        for f in range(0, fn, 2):  # filters in pairs (_correlate_pair), then an odd one
-            if f + 1 < fn:
-                _correlate_pair(xi, W[f], W[f + 1], b[f], b[f + 1], taps, acc[0], acc[1])
-            else:
-                _correlate_plane(xi, W[f], b[f], taps, acc[0])
-            for r in range(min(2, fn - f)):
+        for f in range(0, fn, 2):  # filters in pairs; an odd last one paired with itself
+            g = min(f + 1, fn - 1)
+            _correlate_pair(xi, W[f], W[g], b[f], b[g], taps, acc[0], acc[1])
+            for r in range(g - f + 1):
                 plane = out[n, f + r]
                 for y in range(oh):
                     row = acc[r, y * wp:y * wp + ow]
