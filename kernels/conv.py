@@ -258,7 +258,10 @@ def _correlate_pair(xi, wa, wb, ba, bb, taps, acca, accb):
     Four taps per pass, so that each accumulator is loaded and stored once per four products,
     and each load of the image's runs serves both filters (1.2-1.7x faster than one filter at
     a time at the book's shapes). The order of the terms is fixed by the code, so every build
-    gives the same bits. A lone filter is passed as both (its second plane is thrown away)."""
+    gives the same bits. A lone filter is passed as both (its second plane is thrown away).
+    The inner loop has the shape of :func:`_scatter_taps`'s: written once in a helper that both
+    call, numba compiled a call per pass, and the forward pass ran 1.3-2x slower, ``dx``
+    1.1-1.7x (at DeepConvNet's layers)."""
     span = acca.size
     for q in range(span):
         acca[q] = ba
