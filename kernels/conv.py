@@ -241,6 +241,13 @@ def _rounded(span):
 
 
 @kernel
+def _image_run(exact, n, n_img):
+    """The run that reads image ``n`` of ``n_img`` (flat, from its start to the array's end):
+    ``exact`` rounded up, except for the last image, which nothing follows to read into."""
+    return _rounded(exact) if n + 1 < n_img else exact
+
+
+@kernel
 def tap_offsets(c_count, fh, fw, hp, wp, taps):
     """``taps[(c * FH + i) * FW + j]`` = the flat offset ``(c * Hp + i) * Wp + j`` of tap
     (c, i, j) in an image (C, Hp, Wp)."""
@@ -362,7 +369,7 @@ def conv_relu_pool(out, code, xp, W, b, taps):
     fn = W.shape[0]
     exact = (2 * out.shape[2] - 1) * wp + 2 * out.shape[3]
     for n in prange(n_img):
-        span = _rounded(exact) if n + 1 < n_img else exact  # see SPAN_ROUND
+        span = _image_run(exact, n, n_img)
         acc = np.empty((2, max(span, 2 * out.shape[2] * wp)), dtype=out.dtype)
         xi = xp[n:].reshape(xp[n:].size)
         for f in range(0, fn, 2):  # filters in pairs; an odd last one paired with itself
@@ -506,7 +513,7 @@ def correlate(out, xp, W, b, taps):
     oh, ow = out.shape[2], out.shape[3]
     exact = (oh - 1) * wp + ow
     for n in prange(n_img):
-        span = _rounded(exact) if n + 1 < n_img else exact  # see SPAN_ROUND
+        span = _image_run(exact, n, n_img)
         acc = np.empty((2, span), dtype=out.dtype)
         xi = xp[n:].reshape(xp[n:].size)
         for f in range(0, fn, 2):  # filters in pairs; an odd last one paired with itself
@@ -571,7 +578,7 @@ def filter_grads(dout, out, code, pooled, xp, taps, rows, cols, finite, dW, db):
                 else:
                     bias[r] += _spread_plane(dout[n, f0 + r], wp, d[r])
             if finite:  # the next image is finite too: its values meet zeros (see SPAN_ROUND)
-                span = _rounded(exact) if n + 1 < n_img else exact
+                span = _image_run(exact, n, n_img)
                 _correlate_grads(xp[n:].reshape(xp[n:].size), taps, span, d[0], d[1], d[2], d[3],
                                  acc)
             else:
