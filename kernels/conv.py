@@ -226,9 +226,10 @@ def fold(col, fh, fw, stride, pad, dx):
 # The runs are rounded up to a multiple of SPAN_ROUND elements, so that LLVM's vectorised loop
 # covers them whole: otherwise its scalar remainder (up to 31 elements in float32) took as long
 # as the rest at DeepConvNet's 7x7 maps (a run of 61). The extra positions are computed and
-# dropped: a forward pass reads them from the next image (never past the last one, which keeps
-# its exact run), dW multiplies them by zeros (a finite image: the next one is checked too),
-# and dx adds them into a buffer of its own.
+# dropped: a forward pass reads them from the next image (never past the batch's end: the last
+# image keeps its exact run, as do the last few where images are smaller than SPAN_ROUND
+# elements, see _image_run), dW multiplies them by zeros (a finite batch: the images read into
+# are checked too), and dx adds them into a buffer of its own.
 
 SPAN_ROUND = 32
 """The direct kernels' runs are rounded up to a multiple of this many elements."""
@@ -241,10 +242,14 @@ def _rounded(span):
 
 
 @kernel
-def _image_run(exact, n, n_img):
-    """The run that reads image ``n`` of ``n_img`` (flat, from its start to the array's end):
-    ``exact`` rounded up, except for the last image, which nothing follows to read into."""
-    return _rounded(exact) if n + 1 < n_img else exact
+def _image_run(exact, taps, n, n_img, size):
+    """The run that reads image ``n`` of ``n_img`` images of ``size`` elements each (flat, from
+    its start to the array's end) at the offsets ``taps`` (ascending): ``exact`` rounded up
+    where the rounded run from the last tap stays inside the array, else ``exact``. The last
+    image keeps its exact run, and so do the last few where images are smaller than
+    :data:`SPAN_ROUND` elements (nothing past the batch is ever read)."""
+    rounded = _rounded(exact)
+    return rounded if taps[taps.size - 1] + rounded <= (n_img - n) * size else exact
 
 
 @kernel
@@ -369,7 +374,7 @@ def conv_relu_pool(out, code, xp, W, b, taps):
     fn = W.shape[0]
     exact = (2 * out.shape[2] - 1) * wp + 2 * out.shape[3]
     for n in prange(n_img):
-        span = _image_run(exact, n, n_img)
+        span = _image_run(exact, taps, n, n_img, xp[0].size)
         acc = np.empty((2, max(span, 2 * out.shape[2] * wp)), dtype=out.dtype)
         xi = xp[n:].reshape(xp[n:].size)
         for f in range(0, fn, 2):  # filters in pairs; an odd last one paired with itself
@@ -513,7 +518,7 @@ def correlate(out, xp, W, b, taps):
     oh, ow = out.shape[2], out.shape[3]
     exact = (oh - 1) * wp + ow
     for n in prange(n_img):
-        span = _image_run(exact, n, n_img)
+        span = _image_run(exact, taps, n, n_img, xp[0].size)
         acc = np.empty((2, span), dtype=out.dtype)
         xi = xp[n:].reshape(xp[n:].size)
         for f in range(0, fn, 2):  # filters in pairs; an odd last one paired with itself
@@ -578,7 +583,7 @@ def filter_grads(dout, out, code, pooled, xp, taps, rows, cols, finite, dW, db):
                 else:
                     bias[r] += _spread_plane(dout[n, f0 + r], wp, d[r])
             if finite:  # the next image is finite too: its values meet zeros (see SPAN_ROUND)
-                span = _image_run(exact, n, n_img)
+                span = _image_run(exact, taps, n, n_img, xp[0].size)
                 _correlate_grads(xp[n:].reshape(xp[n:].size), taps, span, d[0], d[1], d[2], d[3],
                                  acc)
             else:

@@ -352,6 +352,40 @@ def test_a_nan_image_stays_out_of_its_neighbours(dtype):
         np.testing.assert_allclose(got[[0, 2]], want[[0, 2]], rtol=1e-5, atol=1e-5)
 
 
+# Images smaller than SPAN_ROUND elements: a rounded run from one image reaches past the next
+# one, and for the last few images past the batch's end.
+TINY = [((3, 1, 2, 2), (1, 1, 1, 1), 0), ((4, 2, 2, 3), (3, 2, 1, 2), 0),
+        ((5, 1, 1, 1), (3, 1, 1, 1), 1), ((6, 1, 3, 3), (2, 1, 2, 2), 0)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("geometry", TINY, ids=str)
+def test_the_direct_kernels_never_read_past_the_batch(geometry, dtype):
+    """``x`` is the start of a larger array whose remaining images are NaN (pad 0: the kernels
+    read ``x`` itself). A run rounded up past the batch's end would read them: ``dW`` turned NaN
+    (the NaNs times the planes' zeros), and without bounds checks nothing else tells. The
+    results must be the reference's, finite. Run under NUMBA_BOUNDSCHECK=1 in CI too."""
+    x_shape, w_shape, pad = geometry
+    rng = np.random.default_rng(7)
+    n = x_shape[0]
+    whole = np.full((n + 2, *x_shape[1:]), np.nan, dtype=dtype)
+    whole[:n] = rng.standard_normal(x_shape)
+    x = whole[:n]
+    assert x.flags.c_contiguous
+    W = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    kernel, ref = layers.Convolution(W, b, 1, pad), reference.layers.Convolution(W, b, 1, pad)
+    out = kernel.forward(x)
+    assert kernel._direct is not None and (pad or kernel._direct[0] is x)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    got = (out, kernel.backward(dout), kernel.dW, kernel.db)
+    want = (ref.forward(x), ref.backward(dout), ref.dW, ref.db)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == dtype and np.isfinite(g).all()
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+
+
 def test_the_direct_path_builds_the_books_col():
     x, W, b, stride, pad = data(((2, 3, 7, 6), (4, 3, 3, 3), 1, 1))
     kernel, ref = layers.Convolution(W, b, stride, pad), reference.layers.Convolution(W, b,

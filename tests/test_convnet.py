@@ -269,6 +269,27 @@ def test_the_fused_block_agrees_with_the_layers(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("input_dim", [(1, 3, 3), (2, 3, 4)], ids=str)
+def test_the_fused_block_never_reads_past_the_batch(input_dim, dtype):
+    """Images smaller than the kernels' rounded runs (kernels/conv.py, SPAN_ROUND), given as the
+    start of a larger array whose remaining images are NaN: nothing past the batch may be read
+    (``dW1`` turned NaN when it was). Run under NUMBA_BOUNDSCHECK=1 in CI too."""
+    kwargs = dict(input_dim=input_dim, conv_param={"filter_num": 3, "filter_size": 2, "pad": 0,
+                  "stride": 1}, hidden_size=4, output_size=3, weight_init_std=0.5)
+    net, ref = _twin_nets(SimpleConvNet, dtype, **kwargs)
+    whole = np.full((7, *input_dim), np.nan, dtype=dtype)
+    whole[:5] = np.random.default_rng(3).standard_normal((5, *input_dim))
+    x, t = whole[:5], np.arange(5) % 3
+    grads = net.gradient(x, t)
+    assert net._block is not None and net.layers["Conv1"]._direct[0] is x
+    want = ref.gradient(x.astype(np.float64), t)
+    close = close64 if dtype == np.float64 else close32
+    for key in want:
+        assert np.isfinite(grads[key]).all()
+        close(grads[key], want[key])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_accuracy_through_the_fused_block_is_predicts(dtype):
     """accuracy() runs the fused block's forward pass: the same logits as predict()."""
     net = SimpleConvNet(rng=0, dtype=dtype, weight_init_std=0.3, **SMALL)
