@@ -31,7 +31,7 @@ import tracemalloc
 import numpy as np
 
 from fastbp.backends import layer_module
-from fastbp.bench import book_simple_convnet_step, convnet_step, torch_convnet_step
+from fastbp.bench import SPIN_PAUSE, book_simple_convnet_step, convnet_step, torch_convnet_step
 
 BOOK = (100, 1, 28, 28)
 CONV_SHAPES = {  # (x shape, W shape, pad)
@@ -40,9 +40,6 @@ CONV_SHAPES = {  # (x shape, W shape, pad)
 }
 
 
-SPIN_PAUSE = 0.3
-"""Seconds between two blocks: longer than OpenBLAS's workers spin after a product (about
-0.1 s) and than OpenMP's spin-wait."""
 
 
 def measure_in_blocks(funcs, rounds=5, calls=3):

@@ -10,7 +10,9 @@ while it measures. It prints:
   interleaved in one process: ``fastbp.nets.TwoLayerNet`` on the reference and on the kernels
   (the reference on BLAS's default threads), the book's own ``TwoLayerNet`` code on
   ``fastbp.reference.layers`` and on ``fastbp.layers`` (the drop-in case), and PyTorch eager
-  where it is installed; with the ratios the targets name;
+  where it is installed; with the ratios the targets name. Each case is timed in blocks, each
+  after a pause and an untimed call (``fastbp.bench.SPIN_PAUSE``), so that one case's
+  still-spinning BLAS or PyTorch threads do not slow the next;
 * ``fastbp train --compare`` on the digits (steps/s ratio);
 * the warm-cache start: a fresh interpreter imports fastbp and runs one forward and one
   backward of every chapter-5 layer (the numba cache filled first); and whether
@@ -47,6 +49,7 @@ def steps(target):
     import numpy as np
 
     from fastbp.bench import (
+        SPIN_PAUSE,
         _torch_available,
         book_training_step,
         time_interleaved,
@@ -64,8 +67,9 @@ def steps(target):
             if _torch_available():
                 cases["torch"] = torch_case("step", size, np.dtype(dtype),
                                             np.random.default_rng(0))
-            times = dict(zip(cases, time_interleaved(list(cases.values()), target=target),
-                             strict=True))
+            timed = time_interleaved(list(cases.values()), target=target, max_repeats=9,
+                                     pause=SPIN_PAUSE)
+            times = dict(zip(cases, timed, strict=True))
             row = {"dtype": dtype, "shape": name,
                    "us": {k: round(v * 1e6, 1) for k, v in times.items()},
                    "net ref/kernel": times["ref net"] / times["kernel net"],

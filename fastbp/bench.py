@@ -55,6 +55,9 @@ SIZES = {  # shared with the asv suite (benchmarks/): one table for both
 }
 LAYERS = ("relu", "sigmoid", "softmax", "affine", "step", "simpleconv", "deepconv", "dropin")
 NET_CASES = ("step", "simpleconv", "deepconv", "dropin")
+PAUSED_CASES = ("affine", *NET_CASES)
+"""The cases that run BLAS products, timed with a pause before each block (:data:`SPIN_PAUSE`);
+with PyTorch, every case is."""
 
 LOAD_CHANGE_CORES = 0.5
 """Cores of other processes' CPU use: a spread larger than this between the rows of one run
@@ -375,12 +378,22 @@ def torch_case(name, size, dtype, rng):
 # --- timing --------------------------------------------------------------------------------
 
 
-def time_interleaved(funcs, target=0.25, min_repeats=3, max_repeats=15):
+SPIN_PAUSE = 0.3
+"""Seconds of quiet before a timed block (``time_interleaved(..., pause=SPIN_PAUSE)``): longer
+than OpenBLAS's workers spin after a product (about 0.1 s) and than an OpenMP pool's spin-wait
+(PyTorch's), so that one function's still-spinning threads do not slow the next one's. Timed
+back to back, the reference's step after PyTorch's ran 1.4-1.9x slower, and the kernels'
+drop-in step after the reference's measured 0.76x where in blocks it measured 1.16x."""
+
+
+def time_interleaved(funcs, target=0.25, min_repeats=3, max_repeats=15, pause=0.0):
     """Median seconds per call of each function, timed in turn.
 
     Each function is called twice first (JIT, caches, page faults of first use). Each repeat
     times ``inner`` calls of every function in turn, ``inner`` chosen so that one timing of the
-    slowest function lasts about 20 ms.
+    slowest function lasts about 20 ms. With ``pause`` (seconds; :data:`SPIN_PAUSE` where the
+    functions run BLAS products or PyTorch), each timing starts after that pause and one untimed
+    call, so it sees the function's own threads and not the previous function's.
     """
     import numpy as np
 
@@ -395,6 +408,9 @@ def time_interleaved(funcs, target=0.25, min_repeats=3, max_repeats=15):
     samples = [[] for _ in funcs]
     for _ in range(repeats):
         for f, out in zip(funcs, samples, strict=True):
+            if pause:
+                time.sleep(pause)
+                f()
             t0 = time.perf_counter()
             for _ in range(inner):
                 f()
@@ -538,7 +554,10 @@ def run_case(name, size_name, dtype, target, use_torch):
     elif use_torch:
         funcs.append(torch_case(name, size, dtype, np.random.default_rng(0)))
         names.append("torch")
-    times = dict(zip(names, time_interleaved(funcs, target=target), strict=True))
+    # BLAS products (Affine, the steps) and PyTorch leave threads spinning: pause between them
+    pause = SPIN_PAUSE if use_torch or name in PAUSED_CASES else 0.0
+    times = dict(zip(names, time_interleaved(funcs, target=target, max_repeats=9 if pause else 15,
+                                             pause=pause), strict=True))
     record = {"case": name, "size": size_name, "shape": list(size), "dtype": str(dtype),
               "seconds": times, "ref/kernel": times["reference"] / times["kernel"]}
     if "torch" in times:

@@ -58,6 +58,36 @@ def test_bench_table_and_bad_arguments(capsys):
     assert cli.main(["bench", "--dtype", "float16"]) == 2
 
 
+def test_time_interleaved_pauses_and_wakes_each_function_before_its_block(monkeypatch):
+    """With ``pause``, every timed block of a function follows a pause and one untimed call of
+    that same function, so the previous function's spinning threads are gone and its own are
+    awake; without it, the blocks follow each other back to back."""
+    events = []
+    monkeypatch.setattr(bench.time, "sleep", lambda s: events.append(("sleep", s)))
+
+    def recorder(name):
+        def call():
+            events.append(name)
+            end = bench.time.perf_counter() + 2e-3  # about 10 calls per 20 ms block
+            while bench.time.perf_counter() < end:
+                pass
+        return call
+    bench.time_interleaved([recorder("a"), recorder("b")], target=0.0, min_repeats=2,
+                           max_repeats=2, pause=0.25)
+    warm, timed = events[:4], events[4:]
+    assert warm == ["a", "a", "b", "b"]
+    inner = timed.index(("sleep", 0.25), 1) - 2  # sleep, a (untimed), a * inner, sleep, ...
+    assert 1 <= inner <= 10
+    block = [("sleep", 0.25), "a", *["a"] * inner, ("sleep", 0.25), "b", *["b"] * inner]
+    assert timed == block * 2
+    events.clear()
+    bench.time_interleaved([recorder("a"), recorder("b")], target=0.0, min_repeats=2,
+                           max_repeats=2)
+    assert not [e for e in events if isinstance(e, tuple)]
+    inner = events[4:].index("b")
+    assert inner >= 1 and events[4:] == (["a"] * inner + ["b"] * inner) * 2
+
+
 def test_bench_module_imports_no_torch():
     """The subcommand's module stays light: no torch (nor numpy) at import."""
     code = ("import sys, fastbp.bench; "
