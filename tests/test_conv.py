@@ -386,6 +386,37 @@ def test_the_direct_kernels_never_read_past_the_batch(geometry, dtype):
         np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
 
 
+@st.composite
+def tiny_direct_convolutions(draw):
+    """Stride-1 convolutions (the direct kernels) of 2-5 images of at most 3x6x6 elements,
+    as the start of an array whose next two images are NaN."""
+    fh, fw, pad = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, fh - 2 * pad), 6))
+    w = draw(st.integers(max(1, fw - 2 * pad), 6))
+    n, c, fn = draw(st.integers(2, 5)), draw(st.integers(1, 3)), draw(st.integers(1, 5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    whole = np.full((n + 2, c, h, w), np.nan)
+    whole[:n] = rng.standard_normal((n, c, h, w))
+    return (whole, n, rng.standard_normal((fn, c, fh, fw)), rng.standard_normal(fn), pad,
+            rng.standard_normal((n, fn, h + 2 * pad - fh + 1, w + 2 * pad - fw + 1)))
+
+
+@given(case=tiny_direct_convolutions(), dtype=st.sampled_from([np.float32, np.float64]))
+def test_hypothesis_direct_kernels_never_read_past_the_batch(case, dtype):
+    """As test_the_direct_kernels_never_read_past_the_batch, over drawn geometries."""
+    whole, n, W, b, pad, dout = case
+    whole, W, b, dout = (a.astype(dtype) for a in (whole, W, b, dout))
+    x = whole[:n]  # C-contiguous, followed in memory by the NaN images
+    kernel = layers.Convolution(W, b, 1, pad)
+    ref = reference.layers.Convolution(W, b, 1, pad)
+    got = (kernel.forward(x), kernel.backward(dout), kernel.dW, kernel.db)
+    want = (ref.forward(x), ref.backward(dout), ref.dW, ref.db)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for g, w_ in zip(got, want, strict=True):
+        assert np.isfinite(g).all()
+        np.testing.assert_allclose(g, w_, rtol=tol, atol=tol)
+
+
 def test_the_direct_path_builds_the_books_col():
     x, W, b, stride, pad = data(((2, 3, 7, 6), (4, 3, 3, 3), 1, 1))
     kernel, ref = layers.Convolution(W, b, stride, pad), reference.layers.Convolution(W, b,
