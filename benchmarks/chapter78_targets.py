@@ -40,8 +40,6 @@ CONV_SHAPES = {  # (x shape, W shape, pad)
 }
 
 
-
-
 def measure_in_blocks(funcs, rounds=5, calls=3):
     """Per-call seconds of each function: the median over ``rounds`` rounds of the median of
     ``calls`` timed calls, the functions taking turns in blocks, each block after one untimed

@@ -371,10 +371,11 @@ def conv_relu_pool(out, code, xp, W, b, taps):
     window's winner (see :func:`_relu_pool_plane`). Parallel over images.
     """
     n_img, wp = xp.shape[0], xp.shape[3]
+    size = xp[0].size
     fn = W.shape[0]
     exact = (2 * out.shape[2] - 1) * wp + 2 * out.shape[3]
     for n in prange(n_img):
-        span = _image_run(exact, taps, n, n_img, xp[0].size)
+        span = _image_run(exact, taps, n, n_img, size)
         acc = np.empty((2, max(span, 2 * out.shape[2] * wp)), dtype=out.dtype)
         xi = xp[n:].reshape(xp[n:].size)
         for f in range(0, fn, 2):  # filters in pairs; an odd last one paired with itself
@@ -514,11 +515,12 @@ def correlate(out, xp, W, b, taps):
     ``xp`` (N, C, Hp, Wp), the filters ``W`` (FN, C * FH * FW), the bias ``b`` (FN,) and
     ``taps`` from :func:`tap_offsets`. Parallel over images."""
     n_img, wp = xp.shape[0], xp.shape[3]
+    size = xp[0].size
     fn = W.shape[0]
     oh, ow = out.shape[2], out.shape[3]
     exact = (oh - 1) * wp + ow
     for n in prange(n_img):
-        span = _image_run(exact, taps, n, n_img, xp[0].size)
+        span = _image_run(exact, taps, n, n_img, size)
         acc = np.empty((2, span), dtype=out.dtype)
         xi = xp[n:].reshape(xp[n:].size)
         for f in range(0, fn, 2):  # filters in pairs; an odd last one paired with itself
@@ -566,6 +568,7 @@ def filter_grads(dout, out, code, pooled, xp, taps, rows, cols, finite, dW, db):
     adds the images in order, so the sums do not depend on the thread count.
     """
     n_img, c_count, hp, wp = xp.shape
+    size = c_count * hp * wp
     fn, k = dW.shape
     exact = (rows - 1) * wp + cols
     blocks = (fn + FILTER_BLOCK - 1) // FILTER_BLOCK
@@ -582,12 +585,12 @@ def filter_grads(dout, out, code, pooled, xp, taps, rows, cols, finite, dW, db):
                                                   code[n, f0 + r], wp, d[r])
                 else:
                     bias[r] += _spread_plane(dout[n, f0 + r], wp, d[r])
-            if finite:  # the next image is finite too: its values meet zeros (see SPAN_ROUND)
-                span = _image_run(exact, taps, n, n_img, xp[0].size)
+            if finite:  # the images a rounded run reads into are finite too: their values
+                span = _image_run(exact, taps, n, n_img, size)  # meet zeros (see SPAN_ROUND)
                 _correlate_grads(xp[n:].reshape(xp[n:].size), taps, span, d[0], d[1], d[2], d[3],
                                  acc)
             else:
-                _correlate_grads_rows(xp[n].reshape(c_count * hp * wp), taps, wp, rows, cols,
+                _correlate_grads_rows(xp[n].reshape(size), taps, wp, rows, cols,
                                       d[0], d[1], d[2], d[3], acc)
         for r in range(count):
             for t in range(k):
