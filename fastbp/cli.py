@@ -12,7 +12,7 @@ import sys
 from fastbp._version import __version__
 
 SUBCOMMANDS = {
-    "train": ("fastbp.training", "train a TwoLayerNet on handwritten digits (the main job)"),
+    "train": ("fastbp.training", "train one of the nets on handwritten digits (the main job)"),
     "verify": ("fastbp.verify", "check kernels against the NumPy reference on this machine"),
     "bench": ("fastbp.bench", "time reference, kernels and PyTorch side by side"),
     "run": ("fastbp.bookrun", "run a book script with fastbp serving its common package"),
@@ -22,7 +22,7 @@ SUBCOMMANDS = {
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="fastbp",
-        description="Fast, verified backprop layers from Deep Learning from Scratch, chapter 5.",
+        description="Fast, verified layers from Deep Learning from Scratch, chapters 5-8.",
     )
     parser.add_argument("--version", action="version", version=f"fastbp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -483,7 +483,8 @@ def batchnorm_input(x):
     """BatchNormalization's ``x`` as (N, D), ``D = prod(x.shape[1:])``, as the book reshapes it."""
     if x.ndim < 2:
         raise ValueError(
-            f"BatchNormalization.forward: x must be (N, D) or (N, C, H, W); got shape {x.shape}")
+            f"BatchNormalization.forward: x must have at least 2 axes, (N, D) or (N, C, H, W) "
+            f"for example; got shape {x.shape}")
     return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: ambiguous for 0 rows
 
 

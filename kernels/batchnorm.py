@@ -190,6 +190,10 @@ def _block_backward(dout, x, lo, hi, mean, inv_std, gamma, batch_statistics, dx,
             for j in range(w):
                 o[j] = scale[j] * np.float64(dr[j])
         return
+    inf = np.inf
+    for j in range(w):  # an inf or NaN in a feature's dout: all of its dx is NaN, as in the
+        if not (abs(sum_d[j]) < inf and abs(sum_dxn[j]) < inf):  # book's chain (its dmu is
+            scale[j] = np.nan  # NaN); the closed form would give some +-inf
     for i in range(n):
         row = x[i, lo:hi]
         dr = dout[i, lo:hi]
@@ -209,7 +213,8 @@ def batchnorm_backward(dout, x, mean, inv_std, gamma, batch_statistics, block, d
 
     * ``batch_statistics`` True (train mode, the statistics are the batch's):
       ``dx = gamma * inv_std * (dout - dbeta / N - xn * dgamma / N)``, which is the book's
-      chain of ``dxn``, ``dstd``, ``dvar``, ``dxc`` and ``dmu`` in closed form;
+      chain of ``dxn``, ``dstd``, ``dvar``, ``dxc`` and ``dmu`` in closed form (a feature whose
+      ``dbeta`` or ``dgamma`` is inf or NaN gets a NaN ``dx``, as the chain gives it);
     * False (test mode, fixed running statistics): ``dx = gamma * inv_std * dout``.
 
     ``dout`` (N, D) picks the serial or the threaded build. ``x`` is (N, D) in ``dout``'s dtype;

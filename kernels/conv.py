@@ -112,8 +112,9 @@ def col2im(col, fh, fw, stride, pad, dx):
 @kernel
 def _inside(n_out, offset, stride, size):
     """Output positions ``[lo, hi)`` whose input index ``o * stride + offset`` lies in
-    ``[0, size)``."""
-    lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    ``[0, size)``; ``0 <= lo <= hi <= n_out`` (``lo = hi = n_out`` where the padding on the left
+    covers every position)."""
+    lo = 0 if offset >= 0 else min(n_out, (-offset + stride - 1) // stride)
     last = size - 1 - offset  # the largest o * stride allowed
     hi = 0 if last < 0 else min(n_out, last // stride + 1)
     return lo, max(lo, hi)
@@ -247,7 +248,10 @@ def _image_run(exact, taps, n, n_img, size):
     its start to the array's end) at the offsets ``taps`` (ascending): ``exact`` rounded up
     where the rounded run from the last tap stays inside the array, else ``exact``. The last
     image keeps its exact run, and so do the last few where images are smaller than
-    :data:`SPAN_ROUND` elements (nothing past the batch is ever read)."""
+    :data:`SPAN_ROUND` elements (nothing past the batch is ever read), and with no taps (no
+    channels)."""
+    if taps.size == 0:
+        return exact
     rounded = _rounded(exact)
     return rounded if taps[taps.size - 1] + rounded <= (n_img - n) * size else exact
 
@@ -371,7 +375,7 @@ def conv_relu_pool(out, code, xp, W, b, taps):
     window's winner (see :func:`_relu_pool_plane`). Parallel over images.
     """
     n_img, wp = xp.shape[0], xp.shape[3]
-    size = xp[0].size
+    size = xp.shape[1] * xp.shape[2] * xp.shape[3]  # (xp[0] is out of bounds for N = 0)
     fn = W.shape[0]
     exact = (2 * out.shape[2] - 1) * wp + 2 * out.shape[3]
     for n in prange(n_img):
@@ -515,7 +519,7 @@ def correlate(out, xp, W, b, taps):
     ``xp`` (N, C, Hp, Wp), the filters ``W`` (FN, C * FH * FW), the bias ``b`` (FN,) and
     ``taps`` from :func:`tap_offsets`. Parallel over images."""
     n_img, wp = xp.shape[0], xp.shape[3]
-    size = xp[0].size
+    size = xp.shape[1] * xp.shape[2] * xp.shape[3]  # (xp[0] is out of bounds for N = 0)
     fn = W.shape[0]
     oh, ow = out.shape[2], out.shape[3]
     exact = (oh - 1) * wp + ow
@@ -624,7 +628,7 @@ def _scatter_taps(W, f0, count, taps, c_count, oh, ow, wp, span, finite, d, dxi)
     d3 = d[3]
     k = taps.size
     if finite:  # one loop from 0: LLVM vectorises it (row by row it did not, 3-5x slower)
-        per_channel = k // c_count
+        per_channel = k // c_count if c_count else 0
         for c in range(0, c_count - 1, 2):
             for j in range(per_channel):
                 ta = c * per_channel + j

@@ -61,7 +61,7 @@ def test_affine_parameter_layouts(dtype, layout):
 @pytest.mark.parametrize("bias", ["scalar", "row", "column", "full", "python zero"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_affine_bias_shapes(bias, dtype):
-    """b may be anything that broadcasts to (N, H): the book passes a scalar 0 in chapter 7."""
+    """b may be anything that broadcasts to (N, H), a scalar too."""
     rng = np.random.default_rng(3)
     W, x = rng.standard_normal((6, 5)), rng.standard_normal((4, 6))
     b = {"scalar": np.float64(0.5), "row": rng.standard_normal((1, 5)),

@@ -194,6 +194,41 @@ def test_empty_batch():
         np.testing.assert_array_equal(layer.db, 0)
 
 
+# Degenerate but valid geometries: no filters, no channels, no images, and padding on the left
+# that covers every output column (each window column but the last reads only padding).
+EDGES = {
+    "no filters": ((2, 3, 5, 6), (0, 3, 3, 2), 1, 0),
+    "no channels": ((2, 0, 5, 6), (4, 0, 3, 2), 1, 0),
+    "no images": ((0, 2, 5, 5), (3, 2, 3, 3), 1, 1),
+    "no images, columns": ((0, 2, 5, 5), (3, 2, 3, 3), 2, 1),
+    "pad covers the row": ((1, 1, 4, 1), (1, 1, 1, 7), 2, 3),
+    "pad covers the row, C > 1": ((2, 2, 5, 2), (3, 2, 2, 7), 3, 3),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("geometry", list(EDGES.values()), ids=list(EDGES))
+def test_edge_geometries_agree_and_stay_in_bounds(geometry, dtype):
+    """Both backends give the same shapes and values (the bias alone with no channels, zero
+    gradients with no images). Under ``NUMBA_BOUNDSCHECK=1`` (CI) the kernels indexed past
+    their arrays here: ``xp[0]`` of an empty batch, the last of no taps, and the row that
+    ``unfold`` zeroes left of the image when the padding covers it (the writes landed in the next
+    rows of ``col``, which were then overwritten)."""
+    x, W, b, stride, pad = data(geometry)
+    results = []
+    for module in BACKENDS.values():
+        layer = module.Convolution(W.astype(dtype), b.astype(dtype), stride, pad)
+        out = layer.forward(x.astype(dtype))
+        dx = layer.backward(np.ones_like(out))
+        results.append((out, dx, layer.dW, layer.db))
+    for got, want in zip(*results, strict=True):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    if geometry[1][1] == 0:  # no channels: every output is its filter's bias
+        np.testing.assert_array_equal(results[0][0], np.broadcast_to(
+            b.astype(dtype)[:, None, None], results[0][0].shape[1:])[None].repeat(x.shape[0], 0))
+
+
 def test_nan_and_inf_propagate_alike():
     x, W, b, stride, pad = data(GEOMETRIES[0])
     x[0, 1, 2, 3] = np.nan

@@ -220,9 +220,9 @@ class Convolution:
         stride, pad, oh, ow = v.conv_geometry(x, W, self.b, self.stride, self.pad)
         (xc, Wc, bc), out_dtype = v.float_inputs(("x", "W", "b"), x, W, self.b)
         n = x.shape[0]
-        fn, _, fh, fw = W.shape
+        fn, c, fh, fw = W.shape
         self.col = im2col(xc, fh, fw, stride, pad)
-        self.col_W = Wc.reshape(fn, -1).T
+        self.col_W = Wc.reshape(fn, c * fh * fw).T  # (not -1: FN may be 0)
         out = np.dot(self.col, self.col_W) + v.bias_vector(bc, fn)
         self.x, self._geometry, self._out_dtype = xc, (W.shape, stride, pad, oh, ow), out_dtype
         return v.as_result(out.reshape(n, oh, ow, fn).transpose(0, 3, 1, 2), out_dtype)
@@ -234,13 +234,14 @@ class Convolution:
         fn, c, fh, fw = w_shape
         dout = v.gradient_for(dout, (self.x.shape[0], fn, oh, ow), "Convolution")
         out_dtype, work = v.backward_dtypes(self._out_dtype, dout, W)
-        d = np.asarray(dout, dtype=work).transpose(0, 2, 3, 1).reshape(-1, fn)
+        n = self.x.shape[0]
+        d = np.asarray(dout, dtype=work).transpose(0, 2, 3, 1).reshape(n * oh * ow, fn)
         col = self.col.astype(work, copy=False)
         self.db = v.as_result(np.sum(d, axis=0), out_dtype)
         self.dW = v.as_result(np.dot(col.T, d).T.reshape(fn, c, fh, fw), out_dtype)
         if not self.need_dx:
             return None
-        dcol = np.dot(d, np.asarray(W, dtype=work).reshape(fn, -1))
+        dcol = np.dot(d, np.asarray(W, dtype=work).reshape(fn, c * fh * fw))
         dx = col2im(dcol, self.x.shape, fh, fw, stride, pad)
         return v.as_result(dx, out_dtype)
 
