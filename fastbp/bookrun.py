@@ -266,8 +266,9 @@ def add_arguments(parser):
     """Add the arguments of ``fastbp run`` to an argparse (sub)parser."""
     parser.add_argument("script", metavar="SCRIPT",
                         help="a Python file written against the book's common package")
-    parser.add_argument("args", nargs="...", metavar="ARGS",
-                        help="the script's arguments (its sys.argv[1:])")
+    parser.add_argument("args", nargs="*", default=[], metavar="ARGS",
+                        help="the script's arguments (its sys.argv[1:]), passed as they are, "
+                             "'--' included")
 
 
 def run(args):

@@ -40,7 +40,14 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) > 1 and argv[0] == "run" and not argv[1].startswith("-"):
+        # fastbp run SCRIPT ARGS...: ARGS go to the script untouched, as python SCRIPT ARGS
+        # gives them (argparse would drop a '--' and read options meant for the script).
+        args = parser.parse_args(argv[:2])
+        args.args = argv[2:]
+    else:
+        args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2

@@ -49,7 +49,7 @@ def sigmoid_parts(x):
 def sigmoid(x):
     """The logistic function, in the stable two-branch form (no overflow warning at -1000)."""
     out, _, out_dtype = sigmoid_parts(x)
-    return v.as_result(out, out_dtype)
+    return v.scalar_if_0d(v.as_result(out, out_dtype))
 
 
 def sigmoid_grad(x):
@@ -68,7 +68,7 @@ def softmax(x):
         rows = xc.reshape(xc.size // max(xc.shape[-1], 1), xc.shape[-1])
     y = np.empty_like(rows)
     softmax_kernels.softmax_rows(rows, y)
-    return v.as_result(y.reshape(xc.shape), out_dtype)
+    return v.scalar_if_0d(v.as_result(y.reshape(xc.shape), out_dtype))
 
 
 def softmax_loss(X, t):

@@ -47,12 +47,28 @@ def _float_dtype(dtype):
     return dtype
 
 
-def _accuracy(y, t):
-    y = np.argmax(y, axis=1)
+def _accuracy_labels(t, n):
+    """The class labels of ``t`` for ``n`` rows: labels (N,), integer labels (N, 1) (as
+    ``SoftmaxWithLoss`` reads them; the book's ``argmax`` made them all 0), or one-hot (N, C).
+    ``ValueError`` where their count is not ``n`` (the book's ``==`` broadcast or failed)."""
     t = np.asarray(t)
-    if t.ndim != 1:
+    if t.ndim == 2 and t.shape[1] == 1 and t.dtype.kind in "iu":
+        t = t.reshape(t.shape[0])
+    elif t.ndim != 1:
+        if t.ndim != 2:
+            raise ValueError(f"t must be labels (N,) or (N, 1), or one-hot (N, C); got shape "
+                             f"{t.shape}")
         t = np.argmax(t, axis=1)
-    return np.sum(y == t) / float(y.shape[0])
+    if t.shape[0] != n:
+        raise ValueError(f"x holds {n} rows but t holds {t.shape[0]} labels")
+    return t
+
+
+def _accuracy(y, t):
+    t = _accuracy_labels(t, y.shape[0])
+    if not y.shape[0]:
+        return np.float64(np.nan)  # no rows: as the convolutional nets (the book divides 0 by 0)
+    return np.sum(np.argmax(y, axis=1) == t) / float(y.shape[0])
 
 
 class _Net:
@@ -354,11 +370,17 @@ class MultiLayerNetExtend(MultiLayerNet):
             if self.use_batchnorm and idx != self.hidden_layer_num + 1:
                 yield idx, f"gamma{idx}", f"beta{idx}"
 
-    def numerical_gradient(self, x, t):
+    def accuracy(self, X, T):
+        """The fraction of rows whose arg-max test-mode logit is the label (``T``: labels or
+        one-hot). ``X`` and ``T``, as the book names them in this class."""
+        return _accuracy(self.predict(X), T)
+
+    def numerical_gradient(self, X, T):
         """Gradients by central differences of the train-mode loss (slow). With dropout, every
-        loss evaluation draws new masks, as in the book: seed them to compare."""
+        loss evaluation draws new masks, as in the book: seed them to compare. ``X`` and ``T``,
+        as the book names them in this class."""
         def loss_W(W):
-            return self.loss(x, t, train_flg=True)
+            return self.loss(X, T, train_flg=True)
 
         grads = {}
         for _, *keys in self._parameter_keys():
@@ -445,19 +467,16 @@ class _ConvNet:
         Every image counts. (The book's loop leaves out the last ``len(x) % batch_size`` images
         but still divides by ``len(x)``.)
         """
-        t = np.asarray(t)
-        if t.ndim != 1:
-            t = np.argmax(t, axis=1)
         n = np.shape(x)[0]
-        if t.shape[0] != n:
-            raise ValueError(f"x holds {n} images but t holds {t.shape[0]} labels")
+        t = _accuracy_labels(t, n)
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        step = int(batch_size)  # 3.0 passes the check; slices need an int
         hits = 0
-        for lo in range(0, n, int(batch_size)):
-            y = self._logits(x[lo:lo + batch_size])
-            hits += int(np.sum(np.argmax(y, axis=1) == t[lo:lo + batch_size]))
-        return hits / n if n else float("nan")
+        for lo in range(0, n, step):
+            y = self._logits(x[lo:lo + step])
+            hits += int(np.sum(np.argmax(y, axis=1) == t[lo:lo + step]))
+        return np.float64(hits / n if n else np.nan)  # np.float64, as the book's
 
     def gradient(self, x, t):
         """Gradients by backprop: a dict ``W1``, ``b1``, ... of the layers' ``dW`` and ``db``.

@@ -5,6 +5,7 @@ Same constructor, attributes, sampling, evaluation points and printed lines as t
 optimizer comes from :mod:`fastbp.optim` and uses the network's backend where it has one.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -116,8 +117,8 @@ class Trainer:
         if evaluate_sample_num_per_epoch is not None:
             evaluate_sample_num_per_epoch = _positive_int("evaluate_sample_num_per_epoch",
                                                           evaluate_sample_num_per_epoch)
-        if not isinstance(epochs, numbers.Real) or epochs < 0:
-            raise ValueError(f"epochs must be a non-negative number; got {epochs!r}")
+        if not isinstance(epochs, numbers.Real) or not 0 <= epochs < math.inf:  # NaN fails too
+            raise ValueError(f"epochs must be a finite non-negative number; got {epochs!r}")
 
         self.network = network
         self.verbose = verbose

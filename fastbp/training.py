@@ -585,6 +585,12 @@ def run(args):
         if getattr(args, name) < 1:
             print(f"fastbp train: --{name.replace('_', '-')} must be at least 1", file=err)
             return 2
+    if args.seed < 0:
+        print(f"fastbp train: --seed must be at least 0; got {args.seed}", file=err)
+        return 2
+    if not math.isfinite(lr):
+        print(f"fastbp train: --lr must be a finite number; got {lr}", file=err)
+        return 2
     if args.mnist_dir and args.data == "digits":
         print("fastbp train: --mnist-dir is for --data mnist; leave out --data digits or "
               "--mnist-dir", file=err)
@@ -609,6 +615,10 @@ def run(args):
     except (ImportError, OSError, ValueError) as exc:
         print(f"fastbp train: {exc}", file=err)
         return 1
+    for part, (x, _) in zip(("training", "test"), data, strict=True):
+        if not x.shape[0]:
+            print(f"fastbp train: the {data_name} {part} set holds no images", file=err)
+            return 1
 
     backends = ("kernel", "reference") if args.compare else (args.backend,)
     runs = [TrainingRun(data, b, hidden=args.hidden, batch_size=args.batch_size,
@@ -651,7 +661,8 @@ def run(args):
                       test_samples_apart=diff)
         status = 0 if match else 1
     if args.plot:
-        title = (f"TwoLayerNet on {data_name}: {args.optimizer}, lr {lr:g}, {dtype.name}, "
+        title = (f"{type(runs[0].net).__name__} on {data_name}: {args.optimizer}, lr {lr:g}, "
+                 f"{dtype.name}, "
                  f"hidden {args.hidden}, batch {args.batch_size}")
         try:
             plot(runs, args.plot, title)
@@ -661,5 +672,17 @@ def run(args):
         else:
             print(f"saved the curves to {args.plot}", file=out)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(_json_safe(result), allow_nan=False))
     return status
+
+
+def _json_safe(value):
+    """``value`` with every non-finite float (a loss that diverged) as None: JSON has no NaN or
+    inf, and strict parsers reject Python's ``NaN``."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -104,6 +104,12 @@ def float_input(x, name="x", *, contiguous=False):
     return converted, out_dtype
 
 
+def scalar_if_0d(result):
+    """A 0-d result as a NumPy scalar, as the book's functions give for scalar input (NumPy's
+    arithmetic on a 0-d array returns a scalar); other results unchanged."""
+    return result[()] if result.ndim == 0 else result
+
+
 def as_result(y, out_dtype):
     """Cast a computed array to the result dtype (no copy when it is already that dtype)."""
     return y if y.dtype == out_dtype else y.astype(out_dtype)
@@ -247,8 +253,8 @@ def targets(t, x_shape):
     -------
     kind : {"labels", "probs"}
     t : ndarray
-        Labels as ``intp`` of shape (N,), checked to lie in [0, C); or the probabilities as
-        given (the caller converts them to its compute dtype).
+        Labels as a new ``intp`` array of shape (N,), checked to lie in [0, C); or the
+        probabilities as given (the caller converts them to its compute dtype).
 
     Raises
     ------
@@ -283,7 +289,10 @@ def targets(t, x_shape):
                 f"label {t[row]} at row {row} is out of range for {c} classes "
                 f"(labels must be in [0, {c - 1}])"
             )
-        return "labels", t.astype(np.intp, copy=False)
+        # A copy (checked in the caller's dtype, above): the layers read the labels again in
+        # backward, where a kernel indexes with them, so a later change to the caller's array
+        # must not reach them.
+        return "labels", np.array(t, dtype=np.intp)
     if t.shape[1] != c:
         raise ValueError(
             f"logits of shape {tuple(x_shape)} and targets of shape {t.shape} do not fit: "
@@ -297,12 +306,13 @@ _UINTP = np.dtype(np.uintp)
 
 
 def labels_in_range(t, x_shape):
-    """``t`` when it is an ``intp`` ``ndarray`` of N labels that all lie in [0, C), for logits
-    of shape ``x_shape`` (N, C) with N > 0: what :func:`targets` would return unchanged.
+    """A copy of ``t`` when it is an ``intp`` ``ndarray`` of N labels that all lie in [0, C), for
+    logits of shape ``x_shape`` (N, C) with N > 0: what :func:`targets` would return.
     ``None`` otherwise; :func:`targets` then converts it, or says what is wrong."""
     n, c = x_shape
     if type(t) is not np.ndarray or t.dtype != _INTP or t.shape != (n,) or not n:
         return None
+    t = t.copy()  # checked, then read again in backward: see targets
     # One pass: a negative label read as unsigned is larger than any class count.
     return t if t.view(_UINTP).max() < c else None
 

@@ -163,6 +163,18 @@ def test_script_path_from_another_folder(book):
     assert not {"", ".", str(book), os.path.realpath(book)} & set(path)
 
 
+@pytest.mark.parametrize("args", [["--", "a"], ["a", "--"], ["--", "--", "-h", "--lr", "3"]],
+                         ids=["leading --", "trailing --", "options"])
+def test_the_scripts_arguments_are_passed_as_python_passes_them(tmp_path, args):
+    """Everything after SCRIPT, '--' included (argparse dropped the first '--')."""
+    write(tmp_path / "argv.py", "import sys, json\nprint(json.dumps(sys.argv))\n")
+    proc = fastbp_run(tmp_path, "argv.py", *args)
+    plain = subprocess.run([sys.executable, "argv.py", *args], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == json.loads(plain.stdout) == ["argv.py", *args]
+
+
 def test_book_style_training_with_chapter_modules_and_dataset(book):
     # A chapter-local module in the book's style gets fastbp's layers through its own imports;
     # dataset.mnist comes from the checkout, as usual.

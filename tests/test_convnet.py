@@ -521,8 +521,11 @@ def test_accuracy_counts_every_image():
     t = np.array([0, 1, 2, 3, 4, 0, 1])
     expected = np.mean(np.argmax(net.predict(x), axis=1) == t)
     assert net.accuracy(x, t, batch_size=3) == expected
+    assert net.accuracy(x, t, batch_size=3.0) == expected  # a whole float passes the check
+    assert isinstance(net.accuracy(x, t), np.float64)  # as the book's
+    assert net.accuracy(x, t[:, None], batch_size=3) == expected  # (N, 1) labels
     assert net.accuracy(x, np.eye(5)[t], batch_size=100) == expected  # one-hot labels
-    with pytest.raises(ValueError, match="7 images but t holds 6"):
+    with pytest.raises(ValueError, match="7 rows but t holds 6"):
         net.accuracy(x, t[:6])
 
 

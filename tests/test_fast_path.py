@@ -192,3 +192,25 @@ def test_call_key_only_for_arrays_used_as_they_are():
     assert not v.same_call(key, np.zeros((4, 3)))
     assert not v.same_call(key, np.zeros((3, 4), dtype=np.float32))
     assert not v.same_call(key, np.zeros((3, 8))[:, ::2])
+
+
+@pytest.mark.parametrize("label_dtype", [np.intp, np.int32])
+@pytest.mark.parametrize("module", ["kernel", "reference"])
+def test_labels_changed_after_forward_do_not_reach_backward(module, label_dtype):
+    """The labels are checked in ``forward`` and kept as a copy: ``intp`` labels (the fast
+    path's) were kept by reference, and a kernel indexed with them in ``backward`` unchecked (a
+    label changed to 10**9 after ``forward`` crashed the process)."""
+    from fastbp import reference
+
+    mod = layers if module == "kernel" else reference.layers
+    x = rng.standard_normal((N, D))
+    t = np.arange(N, dtype=label_dtype) % D
+    expected = mod.SoftmaxWithLoss()
+    expected.forward(x, t.copy())
+    want = expected.backward()
+    layer = mod.SoftmaxWithLoss()
+    for _ in range(2):  # the second call takes the kernel's fast path
+        layer.forward(x, t)
+        t[0] = 1  # was 0: in range, so a layer that read it again would give another dx
+        np.testing.assert_array_equal(layer.backward(), want)
+        t[0] = 0

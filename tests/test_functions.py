@@ -77,3 +77,16 @@ def test_softmax_does_not_touch_its_input():
     x.setflags(write=False)
     F.softmax(x)
     F.sigmoid(x)
+
+
+@pytest.mark.parametrize("module", [F, R], ids=["kernel", "reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scalar_input_gives_a_numpy_scalar_as_the_books(module, dtype):
+    """The book's formulas on a scalar give a NumPy scalar (NumPy's arithmetic on 0-d arrays
+    does); sigmoid and softmax gave a 0-d array."""
+    x = dtype(0.5)
+    for f in (module.sigmoid, module.softmax, module.sigmoid_grad):
+        y = f(x)
+        assert isinstance(y, np.generic) and y.dtype == dtype, (f.__name__, type(y))
+    assert isinstance(module.sigmoid(0.5), np.float64)
+    assert module.sigmoid(np.array([0.5])).shape == (1,)

@@ -239,3 +239,18 @@ def test_it_learns_the_digits(backend):
         mask = rng.choice(x_train.shape[0], 100)
         opt.update(net.params, net.gradient(x_train[mask], t_train[mask]))
     assert net.accuracy(x_test, t_test) > 0.85  # chance is 0.1
+
+
+def test_accuracy_and_numerical_gradient_take_the_books_argument_names():
+    """The book's MultiLayerNetExtend names them X and T (MultiLayerNet: x and t)."""
+    import inspect
+
+    for name in ("accuracy", "numerical_gradient"):
+        assert list(inspect.signature(getattr(MultiLayerNetExtend, name)).parameters) == [
+            "self", "X", "T"]
+        assert list(inspect.signature(getattr(MultiLayerNet, name)).parameters) == [
+            "self", "x", "t"]
+    net = MultiLayerNetExtend(4, [5], 3, rng=0)
+    x, t = np.random.default_rng(1).standard_normal((6, 4)), np.arange(6) % 3
+    assert net.accuracy(X=x, T=t) == net.accuracy(x, t)
+    assert isinstance(net.accuracy(x, t), np.float64)

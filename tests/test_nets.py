@@ -112,6 +112,10 @@ def test_loss_gradient_and_accuracy_agree_across_backends(backend, digits):
     acc = net.accuracy(x, t)
     assert acc == net.accuracy(x, np.eye(10)[t])  # labels or one-hot
     assert acc == np.mean(np.argmax(ref.predict(x), axis=1) == t)
+    assert acc == net.accuracy(x, t[:, None])  # (N, 1) labels, as SoftmaxWithLoss reads them
+    for wrong in (t[:1], t[:5]):  # the book's == broadcast one label, or failed in NumPy
+        with pytest.raises(ValueError, match=f"x holds 20 rows but t holds {wrong.size} labels"):
+            net.accuracy(x, wrong)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -199,6 +199,36 @@ def test_sizes_must_be_positive(capsys, option):
     assert status == 2 and option in err
 
 
+@pytest.mark.parametrize("argv", [["--seed", "-1"], ["--lr", "nan"], ["--lr", "inf"]],
+                         ids=["seed", "nan lr", "inf lr"])
+def test_a_negative_seed_or_a_non_finite_lr_is_refused(capsys, argv):
+    status, lines, err = train(capsys, *argv)
+    assert status == 2 and not lines and argv[0] in err and "Traceback" not in err
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+def test_a_diverged_run_still_prints_strict_json(capsys):
+    """A loss that overflows is null in the JSON: strict parsers reject Python's NaN."""
+    def no_constants(name):
+        raise AssertionError(f"{name} in the JSON")
+
+    status, lines, _ = train(capsys, "--lr", "1e30", "--dtype", "float32", "--epochs", "1",
+                             "--hidden", "8", "--json")
+    (line,) = lines
+    result = json.loads(line, parse_constant=no_constants)
+    assert status == 0 and result["loss"] is None and result["lr"] == 1e30
+
+
+@pytest.mark.parametrize("empty", ["train", "t10k"])
+def test_mnist_files_with_no_images_are_refused(capsys, tmp_path, empty):
+    write_mnist(tmp_path)
+    write_idx(tmp_path / f"{empty}-images-idx3-ubyte.gz", np.zeros((0, 28, 28)), 2051)
+    write_idx(tmp_path / f"{empty}-labels-idx1-ubyte.gz", np.zeros(0), 2049)
+    status, lines, err = train(capsys, "--mnist-dir", str(tmp_path), "--epochs", "1")
+    part = "training" if empty == "train" else "test"
+    assert status == 1 and not lines and f"{part} set holds no images" in err
+
+
 def test_warm_up_changes_nothing():
     data = training.load_data("digits")
     a = training.TrainingRun(data, "kernel", hidden=8, batch_size=100, optimizer="adam",
@@ -313,7 +343,7 @@ def test_plot_title_and_both_backends(capsys, tmp_path, monkeypatch):
     assert f"saved the curves to {path}" in lines
     (fig,) = figures
     title = fig._suptitle.get_text()
-    for part in ("digits", "adam", "lr 0.002", "float32"):
+    for part in ("TwoLayerNet on digits", "adam", "lr 0.002", "float32"):
         assert part in title
     ax_loss, ax_acc = fig.axes
     lines_by_label = {line.get_label(): line for line in ax_acc.get_lines()}

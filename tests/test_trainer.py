@@ -247,6 +247,8 @@ def test_unknown_optimizer_lists_the_names():
     ({"mini_batch_size": 2.5}, "mini_batch_size"),
     ({"evaluate_sample_num_per_epoch": 0}, "evaluate_sample_num_per_epoch"),
     ({"epochs": -1}, "epochs"),
+    ({"epochs": float("nan")}, "epochs must be a finite"),
+    ({"epochs": float("inf")}, "epochs must be a finite"),
 ])
 def test_bad_settings(kwargs, message):
     x, t = data(10)

@@ -60,7 +60,7 @@ def sigmoid(x):
     Unlike the book's ``1 / (1 + exp(-x))`` it gives no overflow warning at ``x = -1000``.
     """
     s, _, out_dtype = sigmoid_parts(x)
-    return v.as_result(s, out_dtype)
+    return v.scalar_if_0d(v.as_result(s, out_dtype))
 
 
 def sigmoid_grad(x):
@@ -109,7 +109,7 @@ def softmax(x):
     """Softmax along the last axis (1-D, 2-D or N-D), with the row maximum subtracted first."""
     xc, out_dtype = v.float_input(x)
     if xc.ndim == 0:
-        return v.as_result(np.ones_like(xc), out_dtype)
+        return v.scalar_if_0d(v.as_result(np.ones_like(xc), out_dtype))
     with np.errstate(invalid="ignore", over="ignore"):
         m = np.max(xc, axis=-1, keepdims=True) if xc.size else 0
         e = np.exp(xc - m)
