@@ -80,7 +80,9 @@ def add_arguments(parser):
     parser.add_argument("--layers", default=",".join(LAYERS),
                         help=f"comma-separated cases (default: {','.join(LAYERS)})")
     parser.add_argument("--time", type=float, default=0.25, dest="target",
-                        help="seconds to spend timing each backend in each case (default 0.25)")
+                        help="about how many seconds to time each backend in each case "
+                             "(default 0.25; at most 15 timed blocks of about 20 ms each, 9 "
+                             "where the cases pause between backends)")
     parser.add_argument("--blas-threads", type=int, default=None, metavar="N",
                         help="run BLAS on N threads for every backend (threadpoolctl), and "
                              "PyTorch on N threads; default: as they are. The kernels' small "
@@ -729,6 +731,13 @@ def run(args):
         if d not in ("float32", "float64"):
             print(f"fastbp bench: unknown dtype {d!r} (float32, float64, both)", file=sys.stderr)
             return 2
+    if not (sizes and cases):
+        print("fastbp bench: --sizes and --layers need at least one name each", file=sys.stderr)
+        return 2
+    if not 0 < args.target < float("inf"):  # NaN fails too
+        print(f"fastbp bench: --time must be a positive number of seconds; got {args.target}",
+              file=sys.stderr)
+        return 2
     blas_threads = getattr(args, "blas_threads", None)
     if blas_threads is not None and blas_threads < 1:
         print("fastbp bench: --blas-threads must be at least 1", file=sys.stderr)

@@ -8,6 +8,7 @@ from a directory the user gives, or found where a reader of the book already has
 """
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -115,42 +116,63 @@ def read_idx(filename, magic):
         The file is not gzip (for ``.gz``), is truncated or corrupt, has the wrong magic number,
         or its payload does not have the size its header gives. The message names the file.
     """
-    filename = os.fspath(filename)
+    filename = os.fsdecode(filename)
     if not os.path.isfile(filename):
         raise FileNotFoundError(f"MNIST file not found: {filename}")
-    if filename.endswith(".gz"):
+    gz = filename.endswith(".gz")
+    ndim = 3 if magic == _IMAGES_MAGIC else 1
+    header = 4 + 4 * ndim
+    with (gzip.open if gz else open)(filename, "rb") as f:  # PermissionError goes up as it is
         try:
-            with gzip.open(filename, "rb") as f:
-                data = f.read()
+            head = _read_up_to(f, header)
+            if not gz and head[:2] == b"\x1f\x8b":
+                raise ValueError(f"{filename}: this is a gzip file; name it {filename}.gz, or "
+                                 "gunzip it")
+            if len(head) < 8:
+                raise ValueError(f"{filename}: too short for an IDX header ({len(head)} bytes)")
+            (found,) = struct.unpack(">i", head[:4])
+            if found != magic:
+                kind = "images" if magic == _IMAGES_MAGIC else "labels"
+                raise ValueError(f"{filename}: magic number {found}, expected {magic} (IDX "
+                                 f"{kind} of unsigned bytes)")
+            if len(head) < header:
+                raise ValueError(f"{filename}: header truncated ({len(head)} bytes, need "
+                                 f"{header})")
+            dims = struct.unpack(f">{ndim}i", head[4:header])
+            if any(d < 0 for d in dims):
+                raise ValueError(f"{filename}: negative dimension in header {dims}")
+            expected = math.prod(dims)  # Python ints: no overflow
+            # At most one byte more than the header promises: a small gzip file that inflates
+            # to gigabytes, or a header that claims more than the file holds, fails without
+            # reading (or allocating) more than that.
+            if gz:
+                payload = _read_up_to(f, expected + 1)
+                size = len(payload)
+            else:
+                size = os.fstat(f.fileno()).st_size - header
+                payload = f.read(expected) if size == expected else b""
+        except PermissionError:
+            raise
         except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
             raise ValueError(f"{filename}: not a readable gzip file (truncated or corrupt?): "
                              f"{exc}") from exc
-    else:
-        with open(filename, "rb") as f:
-            data = f.read()
-        if data[:2] == b"\x1f\x8b":
-            raise ValueError(f"{filename}: this is a gzip file; name it {filename}.gz, or "
-                             "gunzip it")
-    ndim = 3 if magic == _IMAGES_MAGIC else 1
-    header = 4 + 4 * ndim
-    if len(data) < 8:
-        raise ValueError(f"{filename}: too short for an IDX header ({len(data)} bytes)")
-    (found,) = struct.unpack(">i", data[:4])
-    if found != magic:
-        kind = "images" if magic == _IMAGES_MAGIC else "labels"
-        raise ValueError(f"{filename}: magic number {found}, expected {magic} (IDX {kind} of "
-                         f"unsigned bytes)")
-    if len(data) < header:
-        raise ValueError(f"{filename}: header truncated ({len(data)} bytes, need {header})")
-    dims = struct.unpack(f">{ndim}i", data[4:header])
-    if any(d < 0 for d in dims):
-        raise ValueError(f"{filename}: negative dimension in header {dims}")
-    expected = int(np.prod(dims, dtype=np.int64))
-    payload = len(data) - header
-    if payload != expected:
+    if size != expected:
+        holds = (f"more than {expected}" if gz and size > expected else f"{size}")
         raise ValueError(f"{filename}: header gives dimensions {dims} ({expected} bytes of "
-                         f"data) but the file holds {payload} bytes after the header")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+                         f"data) but the file holds {holds} bytes after the header")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
+
+
+def _read_up_to(f, n):
+    """Up to ``n`` bytes of ``f``, fewer at its end, read a megabyte at a time (a request for
+    ``n`` bytes at once would allocate them all first)."""
+    data = bytearray()
+    while len(data) < n:
+        chunk = f.read(min(1 << 20, n - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
 
 
 def _mnist_file(directory, key):
@@ -264,7 +286,7 @@ def load_mnist(normalize=True, flatten=True, one_hot_label=False, path=None):
     if path is None:
         path = _find_mnist_dir()
     else:
-        path = os.fspath(path)
+        path = os.fsdecode(path)  # str, bytes or a path object; joined with str names below
         if not os.path.isdir(path):
             raise FileNotFoundError(f"MNIST directory not found: {path} (it must hold "
                                     f"{', '.join(MNIST_FILES.values())})")

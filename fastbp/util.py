@@ -18,7 +18,10 @@ __all__ = ["col2im", "conv_output_size", "im2col", "shuffle_dataset", "smooth_cu
 
 def smooth_curve(x):
     """Smooth a loss curve for plotting, as the book does: a Kaiser window (11 points,
-    beta 2) slid over ``x`` mirrored at both ends. Returns an array as long as ``x``."""
+    beta 2) slid over ``x`` mirrored at both ends. Returns the book's result: an array as long
+    as ``x`` for 11 points or more; for fewer, the book's mirrored ends are short and so is the
+    result (``3 * (len(x) - 7)`` points from 8 to 10, none below 8; empty ``x`` raises NumPy's
+    ``ValueError``)."""
     window = 11
     half = window // 2
     x = np.asarray(x)
@@ -87,7 +90,11 @@ def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0):
     -------
     ndarray, shape ``input_shape``, C-contiguous, in ``col``'s float dtype
     """
-    shape = tuple(input_shape)
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        raise TypeError(f"col2im: input_shape must be a sequence (N, C, H, W); got "
+                        f"{input_shape!r}") from None
     fh, fw, stride, pad, oh, ow = v.window_geometry(shape, filter_h, filter_w, stride, pad,
                                                     "col2im")
     n, c = shape[:2]

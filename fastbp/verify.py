@@ -6,6 +6,7 @@ in float32 and float64, in the serial and the threaded kernel builds, and
 row per check. Exits 1 if any check fails.
 """
 
+import sys
 import time
 
 import numpy as np
@@ -62,6 +63,9 @@ def _environment():
 
 
 def run(args):
+    if args.seed < 0:
+        print(f"fastbp verify: --seed must be at least 0; got {args.seed}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     print(_environment())
     rows = {}

@@ -56,6 +56,10 @@ def test_bench_table_and_bad_arguments(capsys):
     assert cli.main(["bench", "--sizes", "huge"]) == 2
     assert cli.main(["bench", "--layers", "conv"]) == 2
     assert cli.main(["bench", "--dtype", "float16"]) == 2
+    for time_ in ("0", "-1", "nan", "inf"):
+        assert cli.main(["bench", "--time", time_]) == 2
+    assert cli.main(["bench", "--sizes", ""]) == 2
+    assert cli.main(["bench", "--layers", " , "]) == 2
 
 
 def test_time_interleaved_pauses_and_wakes_each_function_before_its_block(monkeypatch):

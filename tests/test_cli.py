@@ -13,6 +13,12 @@ def test_help_lists_the_subcommands():
         assert name in out
 
 
+def test_verify_refuses_a_negative_seed(capsys):
+    args = cli.build_parser().parse_args(["verify", "--seed", "-1"])
+    assert verify.run(args) == 2
+    assert "--seed must be at least 0" in capsys.readouterr().err
+
+
 def test_verify_passes_here(capsys):
     args = cli.build_parser().parse_args(["verify"])
     assert verify.run(args) == 0

@@ -243,7 +243,7 @@ def good_gz(key):
 @pytest.mark.parametrize(("key", "make", "message"), [
     ("train_img", lambda: good_gz("train_img")[:-20], "truncated or corrupt"),
     ("train_label", lambda: b"this is not gzip at all", "not a readable gzip"),
-    ("test_img", lambda: good_gz("test_img")[:40] + b"\x00" * 30, "truncated or corrupt"),
+    ("test_img", lambda: good_gz("test_img")[:14] + b"\xff" * 30, "truncated or corrupt"),
     ("train_img", lambda: gzip.compress(idx_bytes(np.zeros((N_TRAIN, 28, 28)), 2049)),
      "magic number 2049, expected 2051"),
     ("train_label", lambda: gzip.compress(idx_bytes(np.zeros(N_TRAIN), 2051)),
@@ -251,7 +251,7 @@ def good_gz(key):
     ("train_img", lambda: gzip.compress(idx_bytes(np.zeros((N_TRAIN, 28, 28)), 2051)[:-1]),
      r"header gives dimensions \(5, 28, 28\) \(3920 bytes of data\) but the file holds 3919"),
     ("test_label", lambda: gzip.compress(idx_bytes(np.zeros(N_TEST), 2049) + b"\x01"),
-     "holds 4 bytes after the header"),
+     "holds more than 3 bytes after the header"),
     ("test_label", lambda: gzip.compress(struct.pack(">i", 2049)),
      "too short for an IDX header"),
     ("test_label", lambda: gzip.compress(struct.pack(">ii", 2049, -1)),
@@ -322,3 +322,38 @@ def test_load_digits_without_sklearn(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(ImportError, match=r'pip install "fastbp\[data\]"'):
         load_digits()
+
+
+def test_a_small_gzip_that_inflates_past_its_header_is_read_only_that_far(tmp_path):
+    """A 0.4 MB gzip whose header promises 3 images but that inflates to 400 MB: read_idx stops
+    one byte past the promise (it inflated the whole file first: 0.9 GB of memory)."""
+    import tracemalloc
+
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        f.write(struct.pack(">iiii", 2051, 3, 28, 28))
+        for _ in range(400):
+            f.write(bytes(1 << 20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"\(2352 bytes of data\) but the file holds more "
+                                             r"than 2352 bytes"):
+            read_idx(path, 2051)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def test_header_dimensions_beyond_int64_are_named_exactly(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">iiii", 2051, 2**30, 2**30, 16))
+    with pytest.raises(ValueError, match=f"({2**64} bytes of data) but the file holds 0 bytes"
+                       .replace("(", r"\(").replace(")", r"\)")):
+        read_idx(path, 2051)
+
+
+def test_a_bytes_path_works(mnist_dir):
+    path, _ = mnist_dir
+    (x, t), _ = load_mnist(path=bytes(path))
+    assert x.shape == (N_TRAIN, 784) and t.shape == (N_TRAIN,)

@@ -145,6 +145,12 @@ def test_float_stride_is_a_type_error():
         util.im2col(np.zeros((1, 1, 4, 4)), 3, 3, stride=1.5)
 
 
+@pytest.mark.parametrize("shape", [5, None])
+def test_col2im_input_shape_that_is_not_a_sequence_is_named(shape):
+    with pytest.raises(TypeError, match="col2im: input_shape must be a sequence"):
+        util.col2im(np.zeros((4, 9)), shape, 3, 3)
+
+
 def test_conv_output_size_is_the_books_formula():
     assert util.conv_output_size(28, 5) == 24.0
     assert isinstance(util.conv_output_size(28, 5), float)
@@ -162,6 +168,9 @@ def test_smooth_curve_is_a_normalised_kaiser_window_over_mirrored_ends():
     want = np.array([np.dot(weights[::-1], padded[k + 5:k + 16]) for k in range(x.size)])
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(util.smooth_curve(np.full(30, 2.5)), 2.5, rtol=1e-14)
+    # Short curves: the book's mirrored ends are short, and so is its result (as documented).
+    assert [util.smooth_curve(np.arange(n, dtype=float)).size for n in (5, 7, 8, 9, 10, 11)] == [
+        0, 0, 3, 6, 9, 11]
 
 
 @pytest.mark.parametrize("x_shape", [(10, 4), (10, 1, 3, 3)])
