@@ -173,7 +173,9 @@ def compare_layers(make_candidate, make_reference, inputs, *, dtype=np.float64, 
     -------
     Comparison
         Checks for the forward output(s), the backward output(s), each of ``grads``, the
-        dtype of every one of them, and that no input array was modified.
+        dtype of every one of them (the candidate's dtype wherever the reference gives floats,
+        the reference's dtype elsewhere), and that no input array, ``dout`` included, was
+        modified.
     """
     dtype = np.dtype(dtype)
     ref_dtype = np.dtype(np.float64)
@@ -201,25 +203,38 @@ def compare_layers(make_candidate, make_reference, inputs, *, dtype=np.float64, 
     if dout is None:
         shape = np.shape(_outputs(r_out)[0])
         dout = 1 if shape == () else np.random.default_rng(seed).standard_normal(shape)
-    c_dx = candidate.backward(cast_candidate(np.asarray(dout)) if np.ndim(dout) else dout)
-    r_dx = reference.backward(cast_reference(np.asarray(dout)) if np.ndim(dout) else dout)
+    # Each layer gets its own dout (a layer that wrote into a shared one would hand its change
+    # to the other), and the candidate's is checked to come back unchanged.
+    c_dout = np.array(cast_candidate(np.asarray(dout))) if np.ndim(dout) else dout
+    r_dout = np.array(cast_reference(np.asarray(dout))) if np.ndim(dout) else dout
+    c_dout_before = c_dout.copy() if np.ndim(dout) else None
+    c_dx = candidate.backward(c_dout)
+    r_dx = reference.backward(r_dout)
     for k, (c, r) in enumerate(zip(_outputs(c_dx), _outputs(r_dx), strict=True)):
         label = "backward" if k == 0 else f"backward[{k}]"
         checks.append(_compare(label, c, r, dtype, scales.get(label, 0.0)))
     for g in grads:
         checks.append(_compare(g, getattr(candidate, g), getattr(reference, g), dtype,
                                scales.get(g, 0.0)))
-    # Every float output is in the candidate's dtype: forward, backward, and each gradient.
-    produced = [("forward", o) for o in _outputs(c_out)]
-    produced += [("backward", o) for o in _outputs(c_dx)]
-    produced += [(g, getattr(candidate, g)) for g in grads]
-    wrong = [f"{q} {np.asarray(o).dtype}" for q, o in produced
-             if np.asarray(o).dtype.kind == "f" and np.asarray(o).dtype != dtype]
+    # Every output that the reference gives as floats is in the candidate's dtype (an int or
+    # object output fails too); any other (a bool mask) has the reference's dtype.
+    produced = [("forward", o, r) for o, r in zip(_outputs(c_out), _outputs(r_out), strict=True)]
+    produced += [("backward", o, r) for o, r in zip(_outputs(c_dx), _outputs(r_dx), strict=True)]
+    produced += [(g, getattr(candidate, g), getattr(reference, g)) for g in grads]
+
+    def wanted(r):
+        kind = np.asarray(r).dtype
+        return dtype if kind.kind == "f" else kind
+
+    wrong = [f"{q} {np.asarray(o).dtype}" for q, o, r in produced
+             if o is not None and np.asarray(o).dtype != wanted(r)]
     checks.append(Check("dtype", float(bool(wrong)), 0.0, np.inf if wrong else 0.0,
                         "got " + ", ".join(wrong) if wrong else ""))
 
     changed = [i for i, (a, b) in enumerate(zip(c_inputs, before, strict=True))
                if b is not None and not np.array_equal(a, b, equal_nan=True)]
+    if c_dout_before is not None and not np.array_equal(c_dout, c_dout_before, equal_nan=True):
+        changed.append("dout")
     checks.append(Check("inputs kept", float(bool(changed)), 0.0, np.inf if changed else 0.0,
                         f"inputs {changed} were modified" if changed else ""))
     label = name or type(candidate).__name__

@@ -50,12 +50,14 @@ under: set ``OPENBLAS_NUM_THREADS=n`` before starting Python, or use threadpoolc
 product; ``1`` makes every product single-threaded and its bits independent of the load.
 """
 
+import numbers
 import os
 import threading
 import time
 from contextlib import contextmanager
 
 import numba
+import numpy as np
 
 from fastbp.kernels import parallel
 
@@ -70,7 +72,9 @@ __all__ = [
 
 def get_num_threads():
     """The number of threads a threaded kernel called from this Python thread may use (numba's
-    count for this thread)."""
+    count for this thread; 1 where no numba threading layer loads)."""
+    if not parallel.pool_available():
+        return 1
     return numba.get_num_threads()
 
 
@@ -86,16 +90,20 @@ def set_num_threads(n):
         cores. Other Python threads are not affected.
     """
     if n is None:
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        if parallel.pool_available():
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
         parallel.set_count_fixed(False)
         return
+    if isinstance(n, bool | np.bool_) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"thread count must be an integer or None; got {n!r}")
     n = int(n)
     if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(
             f"thread count must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
             f"(NUMBA_NUM_THREADS); got {n}"
         )
-    numba.set_num_threads(n)
+    if parallel.pool_available():  # else every kernel runs serial whatever the count
+        numba.set_num_threads(n)
     parallel.set_count_fixed(True)
 
 
@@ -111,12 +119,14 @@ def threads(n):
     >>> with threads.threads(1):          # doctest: +SKIP
     ...     out = layers.Relu().forward(x)
     """
-    saved = (numba.get_num_threads(), parallel.count_fixed())
+    available = parallel.pool_available()
+    saved = (numba.get_num_threads() if available else 1, parallel.count_fixed())
     set_num_threads(n)
     try:
         yield
     finally:
-        numba.set_num_threads(saved[0])
+        if available:
+            numba.set_num_threads(saved[0])
         parallel.set_count_fixed(saved[1])
 
 

@@ -20,7 +20,11 @@ COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _as_array(a, name):
-    if isinstance(a, np.ndarray):
+    # An ndarray subclass (np.matrix, a masked array) becomes a plain ndarray view, as NumPy's
+    # asarray gives it: a matrix keeps no 2-d rule in the layers, a mask is not applied (both
+    # backends alike), and no subclass reaches a kernel (numba rejects some, and results would
+    # come back as the subclass).
+    if type(a) is np.ndarray:
         arr = a
     else:
         try:

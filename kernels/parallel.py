@@ -272,11 +272,20 @@ def _start_thread_pool():
         _POOL_READY = True  # last: a thread that sees it also sees the two flags above
 
 
+def pool_available():
+    """Start numba's thread pool if it has not started (:func:`_start_thread_pool`); False
+    where no threading layer loads (the kernels then run serial). numba's own
+    ``get_num_threads`` starts the pool too, and raises there."""
+    if not _POOL_READY:
+        _start_thread_pool()
+    return not _PARALLEL_UNAVAILABLE
+
+
 def threads_for(size):
     """The thread count a :func:`sized` kernel uses for a first argument of ``size`` elements
     (1: the serial build)."""
     threshold = PARALLEL_MIN_ELEMENTS
-    if size < threshold or _FORKED_FROM_POOL or _PARALLEL_UNAVAILABLE:
+    if size < threshold or _FORKED_FROM_POOL or not pool_available():
         return 1
     n = numba.get_num_threads()
     if ADAPT_TO_LOAD and threshold > 0 and n > 1 and not count_fixed():

@@ -314,6 +314,35 @@ def test_threads_on_each_threading_layer(layer):
     assert name == layer and locked == str(layer == "workqueue") and bad == "0"
 
 
+def test_without_a_threading_layer_kernels_and_the_threads_api_run_serial():
+    """Where numba can load no threading layer (NUMBA_THREADING_LAYER=tbb without tbb, here
+    forced by making numba's pool fail to start), every kernel runs its serial build with one
+    warning, and fastbp.threads answers; numba's own get_num_threads raised before the kernels
+    looked (a ValueError from the first large Relu)."""
+    code = """
+    import warnings, numpy as np
+    import numba.np.ufunc.parallel as numba_parallel
+    def no_layer():
+        raise ValueError("No threading layer could be loaded.")
+    numba_parallel._launch_threads = no_layer
+    from fastbp import layers, threads
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x = np.linspace(-1, 1, 2**19)
+        out = layers.Relu().forward(x)
+        assert (out == np.maximum(x, 0)).all()
+        assert threads.get_num_threads() == 1
+        threads.set_num_threads(1)
+        threads.set_num_threads(None)
+        with threads.threads(2):
+            layers.Sigmoid().forward(x)
+    print(sum("no numba threading layer" in str(w.message) for w in caught))
+    """
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1"]
+
+
 def test_disable_jit_runs_the_kernels_as_python():
     """NUMBA_DISABLE_JIT=1 (coverage, debugging) must still run every layer."""
     code = USE_ALL + textwrap.dedent("""
@@ -331,3 +360,27 @@ def test_disable_jit_runs_the_kernels_as_python():
     proc = run_python(code, env={"NUMBA_DISABLE_JIT": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["ok", "agree"]
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("wrap", [np.asmatrix, np.ma.masked_array], ids=["matrix", "masked"])
+def test_ndarray_subclasses_are_read_as_plain_arrays_by_both_backends(wrap):
+    """np.matrix and masked arrays reached the kernels as they were: numba rejected some
+    (Sigmoid on a matrix, anything masked in a fresh process), and results came back as the
+    subclass (an Affine dx as a (3, 4) matrix for x of shape (3, 1, 4))."""
+    from fastbp import functions, reference
+
+    x = np.random.default_rng(3).standard_normal((6, 4))
+    for module, funcs in ((layers, functions), (reference.layers, reference.functions)):
+        for got in (module.Sigmoid().forward(wrap(x)), funcs.sigmoid(wrap(x)),
+                    funcs.softmax(wrap(x))):
+            assert type(got) is np.ndarray and got.shape == (6, 4)
+        loss = module.SoftmaxWithLoss()
+        loss.forward(wrap(x), np.arange(6) % 4)
+        assert type(loss.y) is np.ndarray and type(loss.backward()) is np.ndarray
+        affine = module.Affine(np.ones((4, 2)), np.zeros(2))
+        affine.forward(np.ones((3, 1, 4)))
+        dx = affine.backward(wrap(np.ones((3, 2))))
+        assert type(dx) is np.ndarray and dx.shape == (3, 1, 4)
+        assert type(affine.dW) is np.ndarray
+    np.testing.assert_array_equal(layers.Sigmoid().forward(wrap(x)), layers.Sigmoid().forward(x))

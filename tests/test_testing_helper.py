@@ -139,3 +139,32 @@ def test_subnormal_results_are_held_to_their_dtype_only():
     result = compare_layers(lambda c: EightUlpsOff(), lambda c: reference.layers.SoftmaxWithLoss(),
                             (np.array([[96.0, 0.0]]), np.array([0])), dtype=np.float32)
     assert not result.passed
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_layer_that_writes_into_dout_is_caught(dtype):
+    """The book's Relu writes zeros into dout, and a layer scaling dout in place gives a wrong
+    gradient: in float64 the reference was handed the same (changed) dout and agreed with it."""
+    class Doubling(MutatesDout):
+        def backward(self, dout):
+            dout *= 2
+            return super().backward(dout)
+
+    for make in (MutatesDout, Doubling):
+        result = compare_layers(lambda c, make=make: make(), lambda c: reference.layers.Relu(),
+                                (np.nan_to_num(X),), dtype=dtype)
+        failed = [c for c in result.checks if not c.passed]
+        assert "inputs kept" in [c.quantity for c in failed]
+        assert "dout" in next(c.detail for c in failed if c.quantity == "inputs kept")
+        assert ("backward" in [c.quantity for c in failed]) == (make is Doubling)
+
+
+@pytest.mark.parametrize("kind", [object, np.int64])
+def test_a_non_float_output_fails_the_dtype_check(kind):
+    class Cast(layers.Relu):
+        def forward(self, x):
+            return super().forward(x).astype(kind)
+
+    x = np.round(np.nan_to_num(X))  # whole numbers: int64 output has the right values
+    result = compare_layers(lambda c: Cast(), lambda c: reference.layers.Relu(), (x,))
+    assert "dtype" in [c.quantity for c in result.checks if not c.passed]

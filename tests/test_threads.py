@@ -31,6 +31,15 @@ def test_out_of_range_count_raises(bad):
         threads.set_num_threads(bad)
 
 
+@pytest.mark.parametrize("bad", [1.7, 2.0, "2", True, float("nan")])
+def test_a_count_that_is_not_an_integer_raises(bad):
+    """1.7 was truncated to 1, and "2" and True were taken."""
+    before = threads.get_num_threads()
+    with pytest.raises(TypeError, match="thread count must be an integer or None"):
+        threads.set_num_threads(bad)
+    assert threads.get_num_threads() == before
+
+
 def test_context_manager_restores_even_on_error():
     before = (threads.get_num_threads(), parallel.count_fixed())
     with pytest.raises(RuntimeError), threads.threads(1):
