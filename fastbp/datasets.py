@@ -122,7 +122,7 @@ def read_idx(filename, magic):
     gz = filename.endswith(".gz")
     ndim = 3 if magic == _IMAGES_MAGIC else 1
     header = 4 + 4 * ndim
-    with (gzip.open if gz else open)(filename, "rb") as f:  # PermissionError goes up as it is
+    with (gzip.open if gz else open)(filename, "rb") as f:
         try:
             head = _read_up_to(f, header)
             if not gz and head[:2] == b"\x1f\x8b":
@@ -151,9 +151,9 @@ def read_idx(filename, magic):
             else:
                 size = os.fstat(f.fileno()).st_size - header
                 payload = f.read(expected) if size == expected else b""
-        except PermissionError:
-            raise
         except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+            if not gz or isinstance(exc, PermissionError):  # not the gzip's fault
+                raise
             raise ValueError(f"{filename}: not a readable gzip file (truncated or corrupt?): "
                              f"{exc}") from exc
     if size != expected:

@@ -205,9 +205,13 @@ def compare_layers(make_candidate, make_reference, inputs, *, dtype=np.float64, 
         dout = 1 if shape == () else np.random.default_rng(seed).standard_normal(shape)
     # Each layer gets its own dout (a layer that wrote into a shared one would hand its change
     # to the other), and the candidate's is checked to come back unchanged.
-    c_dout = np.array(cast_candidate(np.asarray(dout))) if np.ndim(dout) else dout
-    r_dout = np.array(cast_reference(np.asarray(dout))) if np.ndim(dout) else dout
-    c_dout_before = c_dout.copy() if np.ndim(dout) else None
+    if np.ndim(dout):
+        c_dout = np.array(cast_candidate(np.asarray(dout)))
+        r_dout = np.array(cast_reference(np.asarray(dout)))
+        c_dout_before = c_dout.copy()
+    else:  # a scalar (a loss layer's 1)
+        c_dout = r_dout = dout
+        c_dout_before = None
     c_dx = candidate.backward(c_dout)
     r_dx = reference.backward(r_dout)
     for k, (c, r) in enumerate(zip(_outputs(c_dx), _outputs(r_dx), strict=True)):

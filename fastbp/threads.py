@@ -119,13 +119,12 @@ def threads(n):
     >>> with threads.threads(1):          # doctest: +SKIP
     ...     out = layers.Relu().forward(x)
     """
-    available = parallel.pool_available()
-    saved = (numba.get_num_threads() if available else 1, parallel.count_fixed())
+    saved = (get_num_threads(), parallel.count_fixed())
     set_num_threads(n)
     try:
         yield
     finally:
-        if available:
+        if parallel.pool_available():
             numba.set_num_threads(saved[0])
         parallel.set_count_fixed(saved[1])
 

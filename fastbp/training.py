@@ -662,8 +662,7 @@ def run(args):
         status = 0 if match else 1
     if args.plot:
         title = (f"{type(runs[0].net).__name__} on {data_name}: {args.optimizer}, lr {lr:g}, "
-                 f"{dtype.name}, "
-                 f"hidden {args.hidden}, batch {args.batch_size}")
+                 f"{dtype.name}, hidden {args.hidden}, batch {args.batch_size}")
         try:
             plot(runs, args.plot, title)
         except OSError as exc:

@@ -312,12 +312,8 @@ def sized(fn=None, *, fastmath=False):
         if args[0].size < PARALLEL_MIN_ELEMENTS:  # the common, small case: no other check
             return serial(*args)
         n = threads_for(args[0].size)
-        if n < 2:
+        if n < 2:  # (threads_for started numba's pool, or found that it can't start)
             return serial(*args)
-        if not _POOL_READY:
-            _start_thread_pool()
-            if _PARALLEL_UNAVAILABLE:
-                return serial(*args)
         if _LAYER_LOCK is not None:
             with _LAYER_LOCK:
                 return _run_threaded(parallel, n, args)
