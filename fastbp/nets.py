@@ -20,7 +20,6 @@ import numpy as np
 
 from fastbp.backends import BACKENDS, layer_module
 from fastbp.gradient import numerical_gradient
-from fastbp.threads import PRODUCT_THREADS_MIN_FLOPS, ProductThreads
 
 __all__ = ["BACKENDS", "DeepConvNet", "MultiLayerNet", "MultiLayerNetExtend", "SimpleConvNet",
            "TwoLayerNet", "layer_module"]
@@ -685,16 +684,15 @@ class SimpleConvNet(_ConvNet):
         layers = self._layer_list()
         self._check_images(x)
         z = block.forward(x)
-        # The products run on one BLAS thread: a BLAS worker spins on its core for 50-100 ms
-        # after a threaded product, and the block's kernels, which gain more from the cores,
-        # would then find none idle (see fastbp.threads).
-        with ProductThreads(PRODUCT_THREADS_MIN_FLOPS, most=1):
-            for layer in layers[3:]:
-                z = layer.forward(z)
-            self.last_layer.forward(z, t)
-            dout = self.last_layer.backward(1)
-            for layer in reversed(layers[3:]):
-                dout = layer.backward(dout)
+        # (The block's kernels have just run, so the products below run on one BLAS thread,
+        # and no BLAS worker spins on the core the block's backward kernel needs: see
+        # fastbp.threads.KERNELS_BUSY_SECONDS.)
+        for layer in layers[3:]:
+            z = layer.forward(z)
+        self.last_layer.forward(z, t)
+        dout = self.last_layer.backward(1)
+        for layer in reversed(layers[3:]):
+            dout = layer.backward(dout)
         block.backward_params(dout)
         grads = {}
         for idx, layer in enumerate(self._param_layers, start=1):

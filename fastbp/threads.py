@@ -18,7 +18,7 @@ The default (``set_num_threads(None)``)
   (leaving the previous parallel region) count as idle: they are ours, and without that every
   kernel that followed a threaded one ran serial (BatchNormalization's backward after its
   forward: 2x slower). A BLAS worker still spinning after a product counts as busy, so a kernel
-  that follows a product runs serial.
+  that follows a threaded product runs serial (hence the next rule's exception).
 * numba's OpenMP threads **sleep** when they wait (``OMP_WAIT_POLICY=PASSIVE``, set only while
   numba starts its pool, unless you set it yourself), so they never hold a core that a BLAS
   thread or the other kernel thread needs.
@@ -29,7 +29,14 @@ The default (``set_num_threads(None)``)
   machine it gets only the cores nobody else holds: with another process on one of 2 cores,
   NumPy's default two threads waited for each other and the book's step took 14-42 ms instead
   of 1 ms. BLAS workers that still spin after fastbp's previous product count as idle (they
-  are ours). The count is lowered only around fastbp's own products and restored after each.
+  are ours). One exception: a product of fewer than :data:`KERNELS_BUSY_MAX_FLOPS` that starts
+  within :data:`KERNELS_BUSY_SECONDS` (0.25 s) of a kernel call large enough for the kernels'
+  threads runs on one BLAS thread. Where threaded kernels follow products (a convolutional
+  net's step), a BLAS worker spinning 50-100 ms after a threaded product kept them serial:
+  DeepConvNet's step, float32, took 108-125 ms instead of 67-76 ms, the book's SimpleConvNet
+  code on fastbp's layers 15-27 ms instead of 12-22 ms (float32, float64). A net of small
+  layers (the book's MNIST nets) calls no such kernel and keeps the rule above.
+  The count is lowered only around fastbp's own products and restored after each.
   BLAS's last bits depend on its thread count, so a product's may depend on the load, within
   the product's rounding error (the book's 100x784 @ 784x50 on one and on two OpenBLAS threads
   differed by up to 3.6e-14 in float64 on standard-normal data, 3e-5 in float32); fastbp's
@@ -137,6 +144,20 @@ products of ``m n k <= 2**18`` on one thread by itself. Larger products get one 
 plus one per idle core, up to your count. ``python -m benchmarks.step_targets --blas`` measures
 where a second thread starts to pay on a machine (run it on an idle one)."""
 
+KERNELS_BUSY_SECONDS = 0.25
+"""A product of fewer than :data:`KERNELS_BUSY_MAX_FLOPS` that starts within this many seconds of
+a kernel call large enough for the kernels' threads (at least
+:data:`fastbp.kernels.parallel.PARALLEL_MIN_ELEMENTS` elements) runs on one BLAS thread. A BLAS
+worker spins on its core for 50-100 ms after a threaded product, and threaded kernels that
+follow then find no idle core and run serial; where they follow products (a convolutional net's
+step), they gain more from the second core than the products do. ``python -m
+benchmarks.chapter78_targets`` measures it (README, Threads)."""
+
+KERNELS_BUSY_MAX_FLOPS = 1 << 27
+"""Products of at least this many floating-point operations (134 MFLOP, about 4 ms on one core)
+get BLAS threads for the idle cores even while the kernels are busy (see
+:data:`KERNELS_BUSY_SECONDS`)."""
+
 _blas = None
 """The :class:`_BlasLibrary` of NumPy's BLAS, looked for at the first product that needs it."""
 
@@ -215,14 +236,16 @@ class ProductThreads:
     BLAS threads. ``yours`` is BLAS's count when the block starts (``OPENBLAS_NUM_THREADS``, or
     what threadpoolctl set), so the count is never raised; idle cores are read from
     ``/proc/loadavg`` (:func:`fastbp.kernels.parallel.idle_cores`), counting BLAS workers that still
-    spin after fastbp's previous product as ours. The count is lowered only for the block and
-    restored on exit. Where the load cannot be read, where no BLAS is found, or with the load
-    check off (:func:`set_num_threads` with a count), BLAS runs on its own count.
+    spin after fastbp's previous product as ours; one thread where large kernels ran in the last
+    :data:`KERNELS_BUSY_SECONDS` and the product is below :data:`KERNELS_BUSY_MAX_FLOPS`. The
+    count is lowered only for the block and restored on exit. Where the load cannot be read,
+    where no BLAS is found, or with the load check off (:func:`set_num_threads` with a count),
+    BLAS runs on its own count.
 
     Several Python threads may run products at once: the first to lower the count restores
     it, and the others run on whatever count is in effect meanwhile (a counter of one under a
     lock), so the process-wide setting is always put back. A product's last bits depend on
-    BLAS's thread count, so they may depend on the load.
+    BLAS's thread count, so they may depend on the load and on the kernels that ran before.
 
     ``most``: a fixed ceiling instead of the load rule, at any size and with the load check off
     too (``ProductThreads(flops, most=1)`` runs the block's products on one BLAS thread).
@@ -246,11 +269,15 @@ class ProductThreads:
         if lib is None or lib.get_num_threads() == 1:  # one thread (yours, or a concurrent
             return self  # block's lowered count): nothing to choose, no load to read
         if self.most is None:
-            ours = blas.spinning if time.perf_counter() < blas.spin_until else 0
-            idle = parallel.idle_cores(ours)
-            if idle is None:
-                return self
-            want = 1 + idle
+            if (self.flops < KERNELS_BUSY_MAX_FLOPS
+                    and parallel.seconds_since_large_call() < KERNELS_BUSY_SECONDS):
+                want = 1  # threaded kernels are at work: leave them the cores
+            else:
+                ours = blas.spinning if time.perf_counter() < blas.spin_until else 0
+                idle = parallel.idle_cores(ours)
+                if idle is None:
+                    return self
+                want = 1 + idle
         else:  # a fixed ceiling (Convolution's per-image products on image threads)
             want = self.most
         with _blas_lock:

@@ -26,6 +26,7 @@ import operator
 import os
 import sys
 import threading
+import time
 import warnings
 
 import numba
@@ -38,6 +39,10 @@ PARALLEL_MIN_ELEMENTS = _DEFAULTS["PARALLEL_MIN_ELEMENTS"]
 """Inputs with fewer elements run the serial build: below this, starting threads costs more than
 they save on a small machine. ``0`` forces the threaded builds at every size, whatever the load
 (the tests drive them with small arrays that way). Set it with :func:`settings`."""
+
+_large_call_at = [-float("inf")]
+"""When (``time.perf_counter()``) :func:`threads_for` last answered for an input large enough for
+the threaded builds (see :func:`seconds_since_large_call`)."""
 
 ADAPT_TO_LOAD = _DEFAULTS["ADAPT_TO_LOAD"]
 """Run a threaded build only on as many threads as there are idle cores (plus the caller's).
@@ -99,10 +104,12 @@ def settings(*, parallel_min_elements=None, adapt_to_load=None):
 
 
 def _reset():
-    """Put :data:`PARALLEL_MIN_ELEMENTS` and :data:`ADAPT_TO_LOAD` back to their defaults."""
+    """Put :data:`PARALLEL_MIN_ELEMENTS` and :data:`ADAPT_TO_LOAD` back to their defaults, and
+    forget the last large kernel call (:func:`seconds_since_large_call`)."""
     global PARALLEL_MIN_ELEMENTS, ADAPT_TO_LOAD
     PARALLEL_MIN_ELEMENTS = _DEFAULTS["PARALLEL_MIN_ELEMENTS"]
     ADAPT_TO_LOAD = _DEFAULTS["ADAPT_TO_LOAD"]
+    _large_call_at[0] = -float("inf")
 
 
 _this_thread = threading.local()
@@ -288,11 +295,21 @@ def threads_for(size):
     if size < threshold or _FORKED_FROM_POOL or not pool_available():
         return 1
     n = numba.get_num_threads()
+    if n > 1:
+        _large_call_at[0] = time.perf_counter()
     if ADAPT_TO_LOAD and threshold > 0 and n > 1 and not count_fixed():
         idle = idle_cores(running_workers())
         if idle is not None:
             n = min(n, 1 + idle)
     return n
+
+
+def seconds_since_large_call():
+    """Seconds since :func:`threads_for` was last asked about an input large enough for the
+    threaded builds (at least :data:`PARALLEL_MIN_ELEMENTS` elements, in a process that can run
+    threads, on a count above 1), whatever the load then let it use: a kernel that wants the
+    cores. inf where none has been. :class:`fastbp.threads.ProductThreads` reads it."""
+    return time.perf_counter() - _large_call_at[0]
 
 
 def sized(fn=None, *, fastmath=False):

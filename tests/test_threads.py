@@ -1,6 +1,7 @@
 """fastbp.threads and fastbp.kernels.parallel: setting, restoring, per-thread counts, and results
 that never depend on the thread count. (conftest.py restores the defaults after every test.)"""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -342,6 +343,79 @@ def test_spinning_workers_of_our_last_product_count_as_idle(fake_blas, monkeypat
     with threads.ProductThreads(PRODUCT_FLOPS):
         pass
     assert asked == [0, 2, 0]
+
+
+def _large_kernel_call():
+    """A kernel call on an input large enough for the threaded builds."""
+    x = np.ones(parallel.PARALLEL_MIN_ELEMENTS)
+    activations.relu_forward(x, np.empty_like(x), np.empty(x.size, dtype=bool))
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="kernels run on one thread here")
+def test_products_after_large_kernels_leave_them_the_cores(fake_blas, monkeypatch):
+    """A BLAS worker spins on its core after a threaded product, so threaded kernels that follow
+    would find no idle core: right after a kernel that wants the cores, a product that is not
+    large runs on one BLAS thread, whatever the idle cores."""
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 64)
+    assert parallel.seconds_since_large_call() == float("inf")
+    with threads.ProductThreads(PRODUCT_FLOPS):
+        assert fake_blas.count == 4  # no kernel has asked for the cores yet
+    small = np.ones(parallel.PARALLEL_MIN_ELEMENTS - 1)
+    activations.relu_forward(small, np.empty_like(small), np.empty(small.size, dtype=bool))
+    assert parallel.seconds_since_large_call() == float("inf")  # a serial-only call: not one
+    _large_kernel_call()
+    assert parallel.seconds_since_large_call() < threads.KERNELS_BUSY_SECONDS
+    with threads.ProductThreads(threads.KERNELS_BUSY_MAX_FLOPS - 1):
+        assert fake_blas.count == 1
+    with threads.ProductThreads(threads.KERNELS_BUSY_MAX_FLOPS):
+        assert fake_blas.count == 4  # a large product still gets the idle cores
+    monkeypatch.setattr(threads, "KERNELS_BUSY_SECONDS", 0.0)  # the kernels have gone quiet
+    with threads.ProductThreads(PRODUCT_FLOPS):
+        assert fake_blas.count == 4
+    assert fake_blas.count == 4 and fake_blas.sets == [1, 4]
+
+
+@pytest.mark.parametrize("case", ["fixed count", "no load check", "one kernel thread"])
+def test_large_kernels_leave_products_alone_where_the_load_rule_is_off(fake_blas, monkeypatch,
+                                                                      case):
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 64)
+    with threads.threads(1) if case == "one kernel thread" else contextlib.nullcontext():
+        _large_kernel_call()  # the kernels can't use a second core: no reason to leave it
+    if case == "fixed count":
+        threads.set_num_threads(2)
+    elif case == "no load check":
+        monkeypatch.setattr(parallel, "ADAPT_TO_LOAD", False)
+    with threads.ProductThreads(PRODUCT_FLOPS):
+        assert fake_blas.count == 4
+    assert fake_blas.sets == []
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="kernels run on one thread here")
+@pytest.mark.parametrize("net", ["simpleconv", "deepconv", "book's SimpleConvNet"])
+def test_a_conv_net_step_runs_its_products_on_one_blas_thread(fake_blas, monkeypatch, net):
+    """At the book's batch the convolutions' kernels want both cores, and the Affine products
+    between them run on one BLAS thread, even on an idle machine."""
+    from fastbp.backends import layer_module
+    from fastbp.bench import book_simple_convnet_step, convnet_step
+
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 64)
+    counts = []
+    enter = threads.ProductThreads.__enter__
+
+    def spy(self):
+        result = enter(self)
+        if self.flops >= PRODUCT_FLOPS:
+            counts.append(fake_blas.count)
+        return result
+    monkeypatch.setattr(threads.ProductThreads, "__enter__", spy)
+    if net == "book's SimpleConvNet":
+        step = book_simple_convnet_step(layer_module("kernel"), (100, 1, 28, 28), "float64")
+    else:
+        step = convnet_step("kernel", net, (100, 1, 28, 28), "float64")
+    step()  # compiles: a compile between a kernel and a product can outlast the window
+    counts.clear()
+    step()
+    assert len(counts) >= 2 and set(counts) == {1}, counts  # forward, backward at least
 
 
 def test_product_threads_from_many_python_threads(fake_blas, monkeypatch):
