@@ -388,28 +388,42 @@ back to back, the reference's step after PyTorch's ran 1.4-1.9x slower, and the 
 drop-in step after the reference's measured 0.76x where in blocks it measured 1.16x."""
 
 
+BLOCK_SECONDS = 0.02
+"""The length of one timed block of calls of one function in :func:`time_interleaved`."""
+
+
 def time_interleaved(funcs, target=0.25, min_repeats=3, max_repeats=15, pause=0.0):
     """Median seconds per call of each function, timed in turn.
 
-    Each function is called twice first (JIT, caches, page faults of first use). Each repeat
-    times ``inner`` calls of every function in turn, ``inner`` chosen so that one timing of the
-    slowest function lasts about 20 ms. With ``pause`` (seconds; :data:`SPIN_PAUSE` where the
-    functions run BLAS products or PyTorch), each timing starts after that pause and one untimed
-    call, so it sees the function's own threads and not the previous function's.
+    Each function is called once first (JIT, caches, page faults of first use), then timed over
+    up to three more calls (20 ms at most) to size its blocks. Each repeat times a block of
+    calls of every function in turn, each function's block about :data:`BLOCK_SECONDS` long (at
+    least one call): a fast function is not timed by a single call, which the wake-up of a
+    sleeping core or BLAS thread can make several times slower. With ``pause`` (seconds;
+    :data:`SPIN_PAUSE` where the functions run BLAS products or PyTorch), each timing starts
+    after that pause and one untimed call, so it sees the function's own threads and not the
+    previous function's.
     """
     import numpy as np
 
     once = []
     for f in funcs:
         f()
-        t0 = time.perf_counter()
-        f()
-        once.append(max(time.perf_counter() - t0, 1e-7))
-    inner = max(1, int(0.02 / max(once)))
-    repeats = int(min(max_repeats, max(min_repeats, target / (inner * max(once)))))
+        best, spent = float("inf"), 0.0
+        for _ in range(3):
+            t0 = time.perf_counter()
+            f()
+            took = time.perf_counter() - t0
+            best, spent = min(best, took), spent + took
+            if spent >= BLOCK_SECONDS:
+                break
+        once.append(max(best, 1e-7))
+    inners = [max(1, int(BLOCK_SECONDS / t)) for t in once]
+    longest = max(inner * t for inner, t in zip(inners, once, strict=True))
+    repeats = int(min(max_repeats, max(min_repeats, target / longest)))
     samples = [[] for _ in funcs]
     for _ in range(repeats):
-        for f, out in zip(funcs, samples, strict=True):
+        for f, inner, out in zip(funcs, inners, samples, strict=True):
             if pause:
                 time.sleep(pause)
                 f()

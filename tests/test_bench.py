@@ -62,34 +62,51 @@ def test_bench_table_and_bad_arguments(capsys):
     assert cli.main(["bench", "--layers", " , "]) == 2
 
 
+def _busy(events, name, seconds):
+    def call():
+        events.append(name)
+        end = bench.time.perf_counter() + seconds
+        while bench.time.perf_counter() < end:
+            pass
+    return call
+
+
 def test_time_interleaved_pauses_and_wakes_each_function_before_its_block(monkeypatch):
     """With ``pause``, every timed block of a function follows a pause and one untimed call of
     that same function, so the previous function's spinning threads are gone and its own are
     awake; without it, the blocks follow each other back to back."""
     events = []
     monkeypatch.setattr(bench.time, "sleep", lambda s: events.append(("sleep", s)))
-
-    def recorder(name):
-        def call():
-            events.append(name)
-            end = bench.time.perf_counter() + 2e-3  # about 10 calls per 20 ms block
-            while bench.time.perf_counter() < end:
-                pass
-        return call
-    bench.time_interleaved([recorder("a"), recorder("b")], target=0.0, min_repeats=2,
-                           max_repeats=2, pause=0.25)
-    warm, timed = events[:4], events[4:]
-    assert warm == ["a", "a", "b", "b"]
-    inner = timed.index(("sleep", 0.25), 1) - 2  # sleep, a (untimed), a * inner, sleep, ...
-    assert 1 <= inner <= 10
-    block = [("sleep", 0.25), "a", *["a"] * inner, ("sleep", 0.25), "b", *["b"] * inner]
+    a, b = _busy(events, "a", 2e-3), _busy(events, "b", 2e-3)  # about 10 calls per block
+    bench.time_interleaved([a, b], target=0.0, min_repeats=2, max_repeats=2, pause=0.25)
+    warm, timed = events[:8], events[8:]
+    assert warm == ["a"] * 4 + ["b"] * 4  # one call, then three that size the blocks
+    inner_a = timed.index(("sleep", 0.25), 1) - 2  # sleep, a (untimed), a * inner, sleep, ...
+    inner_b = timed.index(("sleep", 0.25), 2 + inner_a + 1) - (2 + inner_a) - 2
+    assert 1 <= inner_a <= 10 and 1 <= inner_b <= 10
+    block = [("sleep", 0.25), "a", *["a"] * inner_a, ("sleep", 0.25), "b", *["b"] * inner_b]
     assert timed == block * 2
     events.clear()
-    bench.time_interleaved([recorder("a"), recorder("b")], target=0.0, min_repeats=2,
-                           max_repeats=2)
+    bench.time_interleaved([a, b], target=0.0, min_repeats=2, max_repeats=2)
     assert not [e for e in events if isinstance(e, tuple)]
-    inner = events[4:].index("b")
-    assert inner >= 1 and events[4:] == (["a"] * inner + ["b"] * inner) * 2
+    timed = events[8:]
+    inner_a = timed.index("b")
+    inner_b = timed.index("a", inner_a) - inner_a
+    assert inner_a >= 1 and inner_b >= 1
+    assert timed == (["a"] * inner_a + ["b"] * inner_b) * 2
+
+
+def test_time_interleaved_times_each_function_over_a_block_not_one_call(monkeypatch):
+    """A function much faster than the slowest one still gets a block of many calls (a single
+    call after a pause was 2-10x slower than the function's steady rate, and made the reference
+    net's step at 64-100-10 read 2.2 ms instead of 0.25 ms)."""
+    events = []
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    slow, fast = _busy(events, "slow", 25e-3), _busy(events, "fast", 0.2e-3)
+    bench.time_interleaved([slow, fast], target=0.0, min_repeats=1, max_repeats=1, pause=0.1)
+    timed = events[events.index("fast") + 4:]  # slow: 1 + 1 (25 ms is a block); fast: 1 + 3
+    assert timed.count("slow") == 2  # the untimed call and a block of one
+    assert timed.count("fast") >= 10  # the untimed call and a block of about 100
 
 
 def test_bench_module_imports_no_torch():
