@@ -10,6 +10,7 @@ from a directory the user gives, or found where a reader of the book already has
 import gzip
 import math
 import os
+import stat
 import struct
 import zlib
 
@@ -177,11 +178,20 @@ def _read_up_to(f, n):
 
 def _mnist_file(directory, key):
     """The file for ``key`` in ``directory``: the ``.gz`` name, else the uncompressed one, else
-    None."""
+    None. PermissionError where the directory can't be searched (reported as such, not as a
+    missing file)."""
     gz = os.path.join(directory, MNIST_FILES[key])
     for candidate in (gz, gz[:-len(".gz")]):
-        if os.path.isfile(candidate):
-            return candidate
+        try:
+            if stat.S_ISREG(os.stat(candidate).st_mode):
+                return candidate
+        except PermissionError as exc:
+            raise PermissionError(exc.errno, f"cannot look for MNIST in {directory}: "
+                                             f"{exc.strerror}", candidate) from None
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:  # e.g. a name too long, a loop of links: not a file here
+            continue
     return None
 
 
@@ -273,6 +283,8 @@ def load_mnist(normalize=True, flatten=True, one_hot_label=False, path=None):
         ``path`` is not a directory; or, without ``path``, no searched directory holds an
         MNIST file (the message names every place searched); or files are missing (the
         message names all of them).
+    PermissionError
+        A directory to look in can't be searched, or a file can't be read.
     ValueError
         A file is truncated, corrupt, not IDX, or does not match its partner file. The message
         names the file.

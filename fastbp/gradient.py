@@ -6,7 +6,7 @@
 
 import numpy as np
 
-__all__ = ["gradient_check", "numerical_gradient"]
+__all__ = ["gradient_check", "numerical_gradient", "numerical_gradient_2d"]
 
 
 def numerical_gradient(f, x):
@@ -42,6 +42,50 @@ def numerical_gradient(f, x):
             x[idx] = tmp_val
         grad[idx] = (fxh1 - fxh2) / (2 * h)
         it.iternext()
+    return grad
+
+
+def _gradient_1d(f, x):
+    """:func:`numerical_gradient` of ``f`` at the 1-d array ``x``."""
+    h = 1e-4
+    grad = np.zeros_like(x)
+    for idx in range(x.size):
+        tmp_val = x[idx]
+        try:
+            x[idx] = float(tmp_val) + h
+            fxh1 = f(x)
+            x[idx] = tmp_val - h
+            fxh2 = f(x)
+        finally:
+            x[idx] = tmp_val
+        grad[idx] = (fxh1 - fxh2) / (2 * h)
+    return grad
+
+
+def numerical_gradient_2d(f, X):
+    """The book's row-by-row central-difference gradient (``common/gradient.py``).
+
+    For a 1-d ``X``, the same as :func:`numerical_gradient`. For a 2-d ``X``, each row is
+    done in turn, and ``f`` is called with **the row** (a view of ``X``, perturbed in place),
+    not with ``X``: ``grad[i]`` is the gradient of ``f`` at row ``i``. ``f`` that ignores its
+    argument and reads ``X`` (the book's ``lambda W: net.loss(x, t)``) gets the gradient with
+    respect to ``X``, as from :func:`numerical_gradient`. Every element is restored, also when
+    ``f`` raises.
+
+    Raises
+    ------
+    ValueError
+        ``X`` is not 1-d or 2-d (the book's function fails on other shapes).
+    """
+    ndim = np.ndim(X)
+    if ndim not in (1, 2):
+        raise ValueError(f"numerical_gradient_2d takes a 1-d or 2-d array; got shape "
+                         f"{np.shape(X)} (numerical_gradient takes any shape)")
+    if ndim == 1:
+        return _gradient_1d(f, X)
+    grad = np.zeros_like(X)
+    for idx, row in enumerate(X):
+        grad[idx] = _gradient_1d(f, row)
     return grad
 
 

@@ -77,7 +77,7 @@ class Sigmoid:
 
     def forward(self, x):
         out, self._tail, out_dtype = sigmoid_parts(x)
-        self.out = v.as_result(out, out_dtype)
+        self.out = v.scalar_if_0d(v.as_result(out, out_dtype))
         return self.out
 
     def backward(self, dout):
@@ -87,7 +87,7 @@ class Sigmoid:
         (d, t), _ = v.float_inputs(("dout", "out"), dout, self._tail, contiguous=True)
         dx = np.empty_like(t)
         activations.sigmoid_backward(d.reshape(-1), t.reshape(-1), dx.reshape(-1))
-        return v.as_result(dx, v.result_dtype(dout, self.out.dtype))
+        return v.scalar_if_0d(v.as_result(dx, v.result_dtype(dout, self.out.dtype)))
 
 
 def _bias_row(bc, h):

@@ -266,7 +266,9 @@ def finite_difference_check(make_layer, inputs, *, params=(), wrt=(0,), dout=Non
     -------
     list of Check
         One per probed input (``wrt`` indexes ``inputs``) and per parameter. The error is
-        ``max|analytic - numeric| / max(max|analytic|, max|numeric|)``, allowed ``1e-6``.
+        ``max|analytic - numeric| / max(max|analytic|, max|numeric|)``, allowed ``1e-6``; a
+        missing gradient, or one whose shape is not its input's, fails (error inf, ``detail``
+        says why).
     """
     layer = make_layer()
     inputs = [np.array(a, dtype=np.float64) if _is_float(np.asarray(a)) else a for a in inputs]
@@ -288,6 +290,14 @@ def finite_difference_check(make_layer, inputs, *, params=(), wrt=(0,), dout=Non
 
     checks = []
     for label, array, grad in targets:
+        if grad is None:  # backward returned fewer gradients than inputs
+            checks.append(Check(label, np.inf, 1e-6, np.inf, "backward gave no gradient"))
+            continue
+        grad = np.asarray(grad, dtype=np.float64)
+        if grad.shape != np.shape(array):  # (a flat dx passed before: it was reshaped)
+            checks.append(Check(label, np.inf, 1e-6, np.inf,
+                                f"shape {grad.shape}, the input's {np.shape(array)}"))
+            continue
         numeric = np.zeros(array.shape)
         flat = array.reshape(-1)  # a view: perturbs the array the layer reads
         for k in range(flat.size):
@@ -298,7 +308,6 @@ def finite_difference_check(make_layer, inputs, *, params=(), wrt=(0,), dout=Non
             f_minus = probe()
             flat[k] = keep
             numeric.reshape(-1)[k] = (f_plus - f_minus) / (2 * h)
-        grad = np.asarray(grad, dtype=np.float64).reshape(numeric.shape)
         scale = max(np.max(np.abs(grad), initial=0.0), np.max(np.abs(numeric), initial=0.0))
         err = float(np.max(np.abs(grad - numeric), initial=0.0) / scale) if scale else 0.0
         checks.append(Check(label, err, 1e-6, err / 1e-6))
@@ -311,7 +320,7 @@ def assert_finite_differences(make_layer, inputs, **kwargs):
     bad = [c for c in checks if not c.passed]
     if bad:
         raise AssertionError("finite differences disagree: " + ", ".join(
-            f"{c.quantity}: {c.max_error:.3e}" for c in bad))
+            f"{c.quantity}: {c.detail or f'{c.max_error:.3e}'}" for c in bad))
     return checks
 
 

@@ -30,6 +30,7 @@ import time
 import warnings
 
 import numba
+import numpy as np
 
 from .jit import kernel
 
@@ -75,6 +76,13 @@ def settings(*, parallel_min_elements=None, adapt_to_load=None):
     adapt_to_load : bool, optional
         Whether threaded builds run only on idle cores; ``None`` leaves it as it is.
 
+    Raises
+    ------
+    TypeError
+        ``parallel_min_elements`` is not an integer, or ``adapt_to_load`` not a bool.
+    ValueError
+        ``parallel_min_elements`` is negative.
+
     Notes
     -----
     The values before the block are restored when it ends, also on an exception. The settings
@@ -91,10 +99,20 @@ def settings(*, parallel_min_elements=None, adapt_to_load=None):
     global PARALLEL_MIN_ELEMENTS, ADAPT_TO_LOAD
     threshold = PARALLEL_MIN_ELEMENTS
     if parallel_min_elements is not None:
-        threshold = operator.index(parallel_min_elements)
+        if isinstance(parallel_min_elements, bool):
+            raise TypeError("parallel_min_elements must be an integer; got a bool")
+        try:
+            threshold = operator.index(parallel_min_elements)
+        except TypeError:
+            raise TypeError(f"parallel_min_elements must be an integer; got "
+                            f"{parallel_min_elements!r}") from None
         if threshold < 0:
             raise ValueError(f"parallel_min_elements must be >= 0; got {threshold}")
-    adapt = ADAPT_TO_LOAD if adapt_to_load is None else bool(adapt_to_load)
+    adapt = ADAPT_TO_LOAD
+    if adapt_to_load is not None:
+        if not isinstance(adapt_to_load, (bool, np.bool_)):
+            raise TypeError(f"adapt_to_load must be True or False; got {adapt_to_load!r}")
+        adapt = bool(adapt_to_load)
     saved = (PARALLEL_MIN_ELEMENTS, ADAPT_TO_LOAD)
     PARALLEL_MIN_ELEMENTS, ADAPT_TO_LOAD = threshold, adapt
     try:

@@ -174,3 +174,19 @@ def test_integer_inputs_promote_like_numpy(dtype):
     np.testing.assert_array_equal(layers.Relu().forward(x), reference.layers.Relu().forward(x))
     np.testing.assert_allclose(layers.Sigmoid().forward(x), reference.layers.Sigmoid().forward(x),
                                rtol=1e-3)
+
+
+@pytest.mark.parametrize("module", [layers, reference.layers], ids=["kernel", "reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_layer_on_a_scalar_gives_numpy_scalars_as_the_books(module, dtype):
+    """The book's ``1 / (1 + np.exp(-x))`` and ``dout * (1.0 - out) * out`` give NumPy scalars
+    for a scalar or 0-d input; the kernel layer gave 0-d arrays both ways, the reference a 0-d
+    array forward and a scalar backward."""
+    for x in (dtype(0.3), np.array(0.3, dtype=dtype)):
+        layer = module.Sigmoid()
+        out = layer.forward(x)
+        dx = layer.backward(np.array(2.0, dtype=dtype))
+        assert isinstance(out, np.generic) and out.dtype == dtype
+        assert isinstance(dx, np.generic) and dx.dtype == dtype
+        s = 1 / (1 + np.exp(-np.float64(0.3)))
+        np.testing.assert_allclose([out, dx], [s, 2 * s * (1 - s)], rtol=1e-6)

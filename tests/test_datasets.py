@@ -80,6 +80,23 @@ def test_missing_directory_and_file(tmp_path):
         load_mnist(path=tmp_path)
 
 
+def test_a_directory_that_cant_be_searched_says_permission_not_missing(mnist_dir, monkeypatch):
+    """Without search permission every file looked missing ("MNIST files missing in ...").
+    (os.stat is made to refuse, as a chmod 000 directory would for a user who is not root.)"""
+    import fastbp.datasets
+
+    directory, _ = mnist_dir
+    real_stat = fastbp.datasets.os.stat
+
+    def refuse(path, *args, **kwargs):  # inside the directory; the directory itself is seen
+        if str(path).startswith(str(directory / "x")[:-1]):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+    monkeypatch.setattr(fastbp.datasets.os, "stat", refuse)
+    with pytest.raises(PermissionError, match=r"cannot look for MNIST in .*Permission denied"):
+        load_mnist(path=directory)
+
+
 def test_every_missing_file_is_named_at_once(tmp_path):
     write_mnist(tmp_path)
     for key in ("train_img", "test_label"):

@@ -1,9 +1,10 @@
-"""``numerical_gradient`` (the book's) and ``gradient_check`` (``ch05/gradient_check.py``)."""
+"""``numerical_gradient`` and ``numerical_gradient_2d`` (the book's) and ``gradient_check``
+(``ch05/gradient_check.py``)."""
 
 import numpy as np
 import pytest
 
-from fastbp.gradient import gradient_check, numerical_gradient
+from fastbp.gradient import gradient_check, numerical_gradient, numerical_gradient_2d
 from fastbp.nets import MultiLayerNet, TwoLayerNet
 
 
@@ -41,6 +42,53 @@ def test_numerical_gradient_restores_when_f_raises():
     with pytest.raises(RuntimeError):
         numerical_gradient(f, x)
     np.testing.assert_array_equal(x, [1.0, 2.0])
+
+
+def test_numerical_gradient_2d_passes_each_row_to_f():
+    """The book's 2-d version calls ``f`` with each row (a view), not with the whole array."""
+    X = np.array([[3.0, -4.0, 0.5], [1.0, 2.0, -0.25]])
+    original = X.copy()
+    seen = []
+
+    def f(row):
+        seen.append((row.shape, np.shares_memory(row, X)))
+        return np.sum(row ** 3) + row[0] * row[-1]
+    grad = numerical_gradient_2d(f, X)
+    expected = 3 * X ** 2
+    expected[:, 0] += X[:, -1]
+    expected[:, -1] += X[:, 0]
+    np.testing.assert_allclose(grad, expected, rtol=0, atol=1.1e-8)
+    assert grad.shape == X.shape and grad.dtype == X.dtype
+    assert set(seen) == {((3,), True)} and len(seen) == 2 * X.size
+    np.testing.assert_array_equal(X, original)
+
+
+def test_numerical_gradient_2d_of_a_closure_is_numerical_gradient():
+    """``lambda W: net.loss(x, t)``, as the book uses it: the rows are views of the weights."""
+    net = TwoLayerNet(4, 3, 2, rng=0, backend="reference")
+    x = np.random.default_rng(1).random((5, 4))
+    t = np.array([0, 1, 1, 0, 1])
+    for key in ("W1", "b1"):
+        two = numerical_gradient_2d(lambda W: net.loss(x, t), net.params[key])
+        whole = numerical_gradient(lambda W: net.loss(x, t), net.params[key])
+        np.testing.assert_array_equal(two, whole)
+
+
+def test_numerical_gradient_2d_restores_when_f_raises_and_refuses_other_shapes():
+    X = np.array([[1.0, 2.0], [3.0, 4.0]])
+    calls = []
+
+    def f(row):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return 0.0
+    with pytest.raises(RuntimeError):
+        numerical_gradient_2d(f, X)
+    np.testing.assert_array_equal(X, [[1.0, 2.0], [3.0, 4.0]])
+    for bad in (np.float64(1.0), np.ones((2, 2, 2))):
+        with pytest.raises(ValueError, match="1-d or 2-d"):
+            numerical_gradient_2d(lambda z: 0.0, bad)
 
 
 def digits_batch(n=3):

@@ -168,3 +168,37 @@ def test_a_non_float_output_fails_the_dtype_check(kind):
     x = np.round(np.nan_to_num(X))  # whole numbers: int64 output has the right values
     result = compare_layers(lambda c: Cast(), lambda c: reference.layers.Relu(), (x,))
     assert "dtype" in [c.quantity for c in result.checks if not c.passed]
+
+
+class FlatDx(layers.Affine):
+    """Forgets the book's ``dx.reshape(*self.original_x_shape)``."""
+
+    def backward(self, dout):
+        return super().backward(dout).reshape(dout.shape[0], -1)
+
+
+class NoDx:
+    """A backward that returns nothing."""
+
+    def forward(self, x):
+        return 2 * x
+
+    def backward(self, dout):
+        return None
+
+
+def test_finite_differences_fail_a_gradient_of_the_wrong_shape_or_none():
+    """A flat ``dx`` for (N, C, H) input was reshaped and passed; a missing one raised an
+    unrelated error."""
+    from fastbp.testing import assert_finite_differences, finite_difference_check
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4))
+    W, b = rng.standard_normal((12, 5)), rng.standard_normal(5)
+    assert all(c.passed for c in finite_difference_check(lambda: layers.Affine(W, b), [x]))
+    (check,) = finite_difference_check(lambda: FlatDx(W, b), [x])
+    assert not check.passed and "(2, 12)" in check.detail and "(2, 3, 4)" in check.detail
+    with pytest.raises(AssertionError, match=r"d\(input 0\): shape \(2, 12\)"):
+        assert_finite_differences(lambda: FlatDx(W, b), [x])
+    (check,) = finite_difference_check(NoDx, [x])
+    assert not check.passed and "no gradient" in check.detail

@@ -78,8 +78,16 @@ def test_settings_set_and_restore_even_on_error():
     assert (parallel.PARALLEL_MIN_ELEMENTS, parallel.ADAPT_TO_LOAD) == default
     with pytest.raises(ValueError, match=">= 0"), parallel.settings(parallel_min_elements=-1):
         pass
-    with pytest.raises(TypeError), parallel.settings(parallel_min_elements=2.5):
-        pass
+    for bad in (2.5, "5", True):
+        with pytest.raises(TypeError, match="parallel_min_elements must be an integer"), \
+                parallel.settings(parallel_min_elements=bad):
+            pass
+    for bad in ("no", 0, None.__class__):  # "no" was read as true
+        with pytest.raises(TypeError, match="adapt_to_load must be True or False"), \
+                parallel.settings(adapt_to_load=bad):
+            pass
+    with parallel.settings(parallel_min_elements=np.int64(7), adapt_to_load=np.False_):
+        assert (parallel.PARALLEL_MIN_ELEMENTS, parallel.ADAPT_TO_LOAD) == (7, False)
     assert (parallel.PARALLEL_MIN_ELEMENTS, parallel.ADAPT_TO_LOAD) == default
 
 

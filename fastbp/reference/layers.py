@@ -81,7 +81,7 @@ class Sigmoid:
 
     def forward(self, x):
         s, self._tail, out_dtype = sigmoid_parts(x)
-        self.out = v.as_result(s, out_dtype)
+        self.out = v.scalar_if_0d(v.as_result(s, out_dtype))
         return self.out
 
     def backward(self, dout):
