@@ -33,9 +33,9 @@ The default (``set_num_threads(None)``)
   within :data:`KERNELS_BUSY_SECONDS` (0.25 s) of a kernel call large enough for the kernels'
   threads runs on one BLAS thread. Where threaded kernels follow products (a convolutional
   net's step), a BLAS worker spinning 50-100 ms after a threaded product kept them serial:
-  DeepConvNet's step, float32, took 108-125 ms instead of 67-76 ms, the book's SimpleConvNet
-  code on fastbp's layers 15-27 ms instead of 12-22 ms (float32, float64). A net of small
-  layers (the book's MNIST nets) calls no such kernel and keeps the rule above.
+  DeepConvNet's float32 step took 108-125 ms instead of 67-76 ms, and the book's SimpleConvNet
+  code on fastbp's layers 27 ms instead of 22 ms in float64 (the fastest of 6 blocks each). A
+  net of small layers (the book's MNIST nets) calls no such kernel and keeps the rule above.
   The count is lowered only around fastbp's own products and restored after each.
   BLAS's last bits depend on its thread count, so a product's may depend on the load, within
   the product's rounding error (the book's 100x784 @ 784x50 on one and on two OpenBLAS threads
