@@ -30,12 +30,15 @@ The default (``set_num_threads(None)``)
   NumPy's default two threads waited for each other and the book's step took 14-42 ms instead
   of 1 ms. BLAS workers that still spin after fastbp's previous product count as idle (they
   are ours). One exception: a product of fewer than :data:`KERNELS_BUSY_MAX_FLOPS` that starts
-  within :data:`KERNELS_BUSY_SECONDS` (0.25 s) of a kernel call large enough for the kernels'
-  threads runs on one BLAS thread. Where threaded kernels follow products (a convolutional
-  net's step), a BLAS worker spinning 50-100 ms after a threaded product kept them serial:
-  DeepConvNet's float32 step took 108-125 ms instead of 67-76 ms, and the book's SimpleConvNet
-  code on fastbp's layers 27 ms instead of 22 ms in float64 (the fastest of 6 blocks each). A
-  net of small layers (the book's MNIST nets) calls no such kernel and keeps the rule above.
+  within :data:`KERNELS_BUSY_SECONDS` (0.25 s) of the end of a kernel call on an input large
+  enough for the kernels' threads that lasted 1 ms or more
+  (:data:`fastbp.kernels.parallel.LONG_CALL_SECONDS`) runs on one BLAS thread. Where threaded
+  kernels follow products (a convolutional net's step), a BLAS worker spinning 50-100 ms after a
+  threaded product kept them serial: DeepConvNet's float32 step took 108-125 ms instead of
+  67-76 ms, and the book's SimpleConvNet code on fastbp's layers 27 ms instead of 22 ms in
+  float64 (the fastest of 6 blocks each). The book's MNIST nets make no long call at their
+  batch, so they keep the rule above; MultiLayerNet (784, 4 x 100, 10) at batches of 3,000 and
+  10,000, whose kernels pass 1 ms, measured the same with the exception and without it.
   The count is lowered only around fastbp's own products and restored after each.
   BLAS's last bits depend on its thread count, so a product's may depend on the load, within
   the product's rounding error (the book's 100x784 @ 784x50 on one and on two OpenBLAS threads
@@ -146,8 +149,8 @@ where a second thread starts to pay on a machine (run it on an idle one)."""
 
 KERNELS_BUSY_SECONDS = 0.25
 """A product of fewer than :data:`KERNELS_BUSY_MAX_FLOPS` that starts within this many seconds of
-a kernel call large enough for the kernels' threads (at least
-:data:`fastbp.kernels.parallel.PARALLEL_MIN_ELEMENTS` elements) runs on one BLAS thread. A BLAS
+the end of a long kernel call (an input large enough for the kernels' threads, 1 ms or more:
+:data:`fastbp.kernels.parallel.LONG_CALL_SECONDS`) runs on one BLAS thread. A BLAS
 worker spins on its core for 50-100 ms after a threaded product, and threaded kernels that
 follow then find no idle core and run serial; where they follow products (a convolutional net's
 step), they gain more from the second core than the products do. ``python -m
@@ -236,8 +239,9 @@ class ProductThreads:
     BLAS threads. ``yours`` is BLAS's count when the block starts (``OPENBLAS_NUM_THREADS``, or
     what threadpoolctl set), so the count is never raised; idle cores are read from
     ``/proc/loadavg`` (:func:`fastbp.kernels.parallel.idle_cores`), counting BLAS workers that still
-    spin after fastbp's previous product as ours; one thread where large kernels ran in the last
-    :data:`KERNELS_BUSY_SECONDS` and the product is below :data:`KERNELS_BUSY_MAX_FLOPS`. The
+    spin after fastbp's previous product as ours; one thread where a long kernel call ended in
+    the last :data:`KERNELS_BUSY_SECONDS` and the product is below
+    :data:`KERNELS_BUSY_MAX_FLOPS`. The
     count is lowered only for the block and restored on exit. Where the load cannot be read,
     where no BLAS is found, or with the load check off (:func:`set_num_threads` with a count),
     BLAS runs on its own count.
@@ -270,7 +274,7 @@ class ProductThreads:
             return self  # block's lowered count): nothing to choose, no load to read
         if self.most is None:
             if (self.flops < KERNELS_BUSY_MAX_FLOPS
-                    and parallel.seconds_since_large_call() < KERNELS_BUSY_SECONDS):
+                    and parallel.seconds_since_long_call() < KERNELS_BUSY_SECONDS):
                 want = 1  # threaded kernels are at work: leave them the cores
             else:
                 ours = blas.spinning if time.perf_counter() < blas.spin_until else 0

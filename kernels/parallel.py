@@ -41,9 +41,9 @@ PARALLEL_MIN_ELEMENTS = _DEFAULTS["PARALLEL_MIN_ELEMENTS"]
 they save on a small machine. ``0`` forces the threaded builds at every size, whatever the load
 (the tests drive them with small arrays that way). Set it with :func:`settings`."""
 
-_large_call_at = [-float("inf")]
-"""When (``time.perf_counter()``) :func:`threads_for` last answered for an input large enough for
-the threaded builds (see :func:`seconds_since_large_call`)."""
+_long_call_at = [-float("inf")]
+"""When (``time.perf_counter()``) the last long kernel call ended (see
+:func:`seconds_since_long_call`)."""
 
 ADAPT_TO_LOAD = _DEFAULTS["ADAPT_TO_LOAD"]
 """Run a threaded build only on as many threads as there are idle cores (plus the caller's).
@@ -123,11 +123,11 @@ def settings(*, parallel_min_elements=None, adapt_to_load=None):
 
 def _reset():
     """Put :data:`PARALLEL_MIN_ELEMENTS` and :data:`ADAPT_TO_LOAD` back to their defaults, and
-    forget the last large kernel call (:func:`seconds_since_large_call`)."""
+    forget the last long kernel call (:func:`seconds_since_long_call`)."""
     global PARALLEL_MIN_ELEMENTS, ADAPT_TO_LOAD
     PARALLEL_MIN_ELEMENTS = _DEFAULTS["PARALLEL_MIN_ELEMENTS"]
     ADAPT_TO_LOAD = _DEFAULTS["ADAPT_TO_LOAD"]
-    _large_call_at[0] = -float("inf")
+    _long_call_at[0] = -float("inf")
 
 
 _this_thread = threading.local()
@@ -313,8 +313,6 @@ def threads_for(size):
     if size < threshold or _FORKED_FROM_POOL or not pool_available():
         return 1
     n = numba.get_num_threads()
-    if n > 1:
-        _large_call_at[0] = time.perf_counter()
     if ADAPT_TO_LOAD and threshold > 0 and n > 1 and not count_fixed():
         idle = idle_cores(running_workers())
         if idle is not None:
@@ -322,12 +320,26 @@ def threads_for(size):
     return n
 
 
-def seconds_since_large_call():
-    """Seconds since :func:`threads_for` was last asked about an input large enough for the
-    threaded builds (at least :data:`PARALLEL_MIN_ELEMENTS` elements, in a process that can run
-    threads, on a count above 1), whatever the load then let it use: a kernel that wants the
-    cores. inf where none has been. :class:`fastbp.threads.ProductThreads` reads it."""
-    return time.perf_counter() - _large_call_at[0]
+LONG_CALL_SECONDS = 1e-3
+"""A :func:`sized` kernel call on an input large enough for the threaded builds that lasts at
+least this long (serial or threaded) is a *long call*: kernels that want the cores are at work
+(:func:`seconds_since_long_call`). A convolution's kernels at the book's batch take 1-10 ms; an
+element-wise kernel on a million elements well under 1 ms."""
+
+
+def seconds_since_long_call():
+    """Seconds since the last long call (:data:`LONG_CALL_SECONDS`) ended, in a process whose
+    kernels can run threads on a count above 1, whatever the load then let them use; inf where
+    there has been none. :class:`fastbp.threads.ProductThreads` reads it."""
+    return time.perf_counter() - _long_call_at[0]
+
+
+def _note_long_call(started):
+    """Record the call that started at ``started`` (``time.perf_counter()``) if it was long."""
+    end = time.perf_counter()
+    if end - started >= LONG_CALL_SECONDS and not _FORKED_FROM_POOL \
+            and not _PARALLEL_UNAVAILABLE and numba.get_num_threads() > 1:
+        _long_call_at[0] = end
 
 
 def sized(fn=None, *, fastmath=False):
@@ -347,12 +359,16 @@ def sized(fn=None, *, fastmath=False):
         if args[0].size < PARALLEL_MIN_ELEMENTS:  # the common, small case: no other check
             return serial(*args)
         n = threads_for(args[0].size)
-        if n < 2:  # (threads_for started numba's pool, or found that it can't start)
-            return serial(*args)
-        if _LAYER_LOCK is not None:
-            with _LAYER_LOCK:
-                return _run_threaded(parallel, n, args)
-        return _run_threaded(parallel, n, args)
+        started = time.perf_counter()
+        try:
+            if n < 2:  # (threads_for started numba's pool, or found that it can't start)
+                return serial(*args)
+            if _LAYER_LOCK is not None:
+                with _LAYER_LOCK:
+                    return _run_threaded(parallel, n, args)
+            return _run_threaded(parallel, n, args)
+        finally:
+            _note_long_call(started)
 
     functools.update_wrapper(call, fn)
     call.serial = serial

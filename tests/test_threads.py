@@ -353,26 +353,29 @@ def test_spinning_workers_of_our_last_product_count_as_idle(fake_blas, monkeypat
     assert asked == [0, 2, 0]
 
 
-def _large_kernel_call():
-    """A kernel call on an input large enough for the threaded builds."""
-    x = np.ones(parallel.PARALLEL_MIN_ELEMENTS)
+def _kernel_call(size=None):
+    """A kernel call, on an input large enough for the threaded builds by default."""
+    x = np.ones(parallel.PARALLEL_MIN_ELEMENTS if size is None else size)
     activations.relu_forward(x, np.empty_like(x), np.empty(x.size, dtype=bool))
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="kernels run on one thread here")
-def test_products_after_large_kernels_leave_them_the_cores(fake_blas, monkeypatch):
+def test_products_after_long_kernel_calls_leave_them_the_cores(fake_blas, monkeypatch):
     """A BLAS worker spins on its core after a threaded product, so threaded kernels that follow
-    would find no idle core: right after a kernel that wants the cores, a product that is not
-    large runs on one BLAS thread, whatever the idle cores."""
+    would find no idle core: right after a long kernel call, a product that is not large runs
+    on one BLAS thread, whatever the idle cores."""
     monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 64)
-    assert parallel.seconds_since_large_call() == float("inf")
+    assert parallel.seconds_since_long_call() == float("inf")
     with threads.ProductThreads(PRODUCT_FLOPS):
         assert fake_blas.count == 4  # no kernel has asked for the cores yet
-    small = np.ones(parallel.PARALLEL_MIN_ELEMENTS - 1)
-    activations.relu_forward(small, np.empty_like(small), np.empty(small.size, dtype=bool))
-    assert parallel.seconds_since_large_call() == float("inf")  # a serial-only call: not one
-    _large_kernel_call()
-    assert parallel.seconds_since_large_call() < threads.KERNELS_BUSY_SECONDS
+    monkeypatch.setattr(parallel, "LONG_CALL_SECONDS", 10.0)
+    _kernel_call()  # large, but short: an element-wise kernel, not kernels at work
+    assert parallel.seconds_since_long_call() == float("inf")
+    monkeypatch.setattr(parallel, "LONG_CALL_SECONDS", 0.0)
+    _kernel_call(parallel.PARALLEL_MIN_ELEMENTS - 1)  # serial whatever the cores: not one
+    assert parallel.seconds_since_long_call() == float("inf")
+    _kernel_call()
+    assert parallel.seconds_since_long_call() < threads.KERNELS_BUSY_SECONDS
     with threads.ProductThreads(threads.KERNELS_BUSY_MAX_FLOPS - 1):
         assert fake_blas.count == 1
     with threads.ProductThreads(threads.KERNELS_BUSY_MAX_FLOPS):
@@ -384,11 +387,12 @@ def test_products_after_large_kernels_leave_them_the_cores(fake_blas, monkeypatc
 
 
 @pytest.mark.parametrize("case", ["fixed count", "no load check", "one kernel thread"])
-def test_large_kernels_leave_products_alone_where_the_load_rule_is_off(fake_blas, monkeypatch,
-                                                                      case):
+def test_long_kernel_calls_leave_products_alone_where_the_load_rule_is_off(fake_blas,
+                                                                          monkeypatch, case):
     monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 64)
+    monkeypatch.setattr(parallel, "LONG_CALL_SECONDS", 0.0)
     with threads.threads(1) if case == "one kernel thread" else contextlib.nullcontext():
-        _large_kernel_call()  # the kernels can't use a second core: no reason to leave it
+        _kernel_call()  # the kernels can't use a second core: no reason to leave it
     if case == "fixed count":
         threads.set_num_threads(2)
     elif case == "no load check":
@@ -402,11 +406,13 @@ def test_large_kernels_leave_products_alone_where_the_load_rule_is_off(fake_blas
 @pytest.mark.parametrize("net", ["simpleconv", "deepconv", "book's SimpleConvNet"])
 def test_a_conv_net_step_runs_its_products_on_one_blas_thread(fake_blas, monkeypatch, net):
     """At the book's batch the convolutions' kernels want both cores, and the Affine products
-    between them run on one BLAS thread, even on an idle machine."""
+    between them run on one BLAS thread, even on an idle machine. (Their kernels take 1-10 ms
+    each here; ``LONG_CALL_SECONDS`` is set to 0 so that a faster machine tests the same.)"""
     from fastbp.backends import layer_module
     from fastbp.bench import book_simple_convnet_step, convnet_step
 
     monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 64)
+    monkeypatch.setattr(parallel, "LONG_CALL_SECONDS", 0.0)
     counts = []
     enter = threads.ProductThreads.__enter__
 
