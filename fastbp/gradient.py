@@ -27,33 +27,21 @@ def numerical_gradient(f, x):
     grad : ndarray
         ``(f(x + h) - f(x - h)) / 2h`` per element, ``h = 1e-4``, in ``x``'s shape and dtype.
     """
+    h = 1e-4
     grad = np.zeros_like(x)
     it = np.nditer(x, flags=["multi_index"], op_flags=[["readwrite"]])
     while not it.finished:
-        grad[it.multi_index] = _difference(f, x, it.multi_index)
+        idx = it.multi_index
+        tmp_val = x[idx]
+        try:
+            x[idx] = float(tmp_val) + h
+            fxh1 = f(x)
+            x[idx] = tmp_val - h
+            fxh2 = f(x)
+        finally:
+            x[idx] = tmp_val
+        grad[idx] = (fxh1 - fxh2) / (2 * h)
         it.iternext()
-    return grad
-
-
-def _difference(f, x, idx, h=1e-4):
-    """``(f(x + h) - f(x - h)) / 2h`` in element ``idx`` of ``x``, perturbed in place and
-    restored (also when ``f`` raises)."""
-    tmp_val = x[idx]
-    try:
-        x[idx] = float(tmp_val) + h
-        fxh1 = f(x)
-        x[idx] = tmp_val - h
-        fxh2 = f(x)
-    finally:
-        x[idx] = tmp_val
-    return (fxh1 - fxh2) / (2 * h)
-
-
-def _gradient_1d(f, x):
-    """:func:`numerical_gradient` of ``f`` at the 1-d array ``x``."""
-    grad = np.zeros_like(x)
-    for idx in range(x.size):
-        grad[idx] = _difference(f, x, idx)
     return grad
 
 
@@ -77,10 +65,10 @@ def numerical_gradient_2d(f, X):
         raise ValueError(f"numerical_gradient_2d takes a 1-d or 2-d array; got shape "
                          f"{np.shape(X)} (numerical_gradient takes any shape)")
     if ndim == 1:
-        return _gradient_1d(f, X)
+        return numerical_gradient(f, X)
     grad = np.zeros_like(X)
     for idx, row in enumerate(X):
-        grad[idx] = _gradient_1d(f, row)
+        grad[idx] = numerical_gradient(f, row)  # f gets the row
     return grad
 
 
