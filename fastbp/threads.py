@@ -60,16 +60,15 @@ under: set ``OPENBLAS_NUM_THREADS=n`` before starting Python, or use threadpoolc
 product; ``1`` makes every product single-threaded and its bits independent of the load.
 """
 
-import numbers
 import os
 import threading
 import time
 from contextlib import contextmanager
 
 import numba
-import numpy as np
 
 from fastbp.kernels import parallel
+from fastbp.validation import is_integer
 
 __all__ = [
     "PRODUCT_THREADS_MIN_FLOPS",
@@ -104,7 +103,7 @@ def set_num_threads(n):
             numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
         parallel.set_count_fixed(False)
         return
-    if isinstance(n, bool | np.bool_) or not isinstance(n, numbers.Integral):
+    if not is_integer(n):
         raise TypeError(f"thread count must be an integer or None; got {n!r}")
     n = int(n)
     if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:

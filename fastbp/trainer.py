@@ -11,6 +11,7 @@ import numbers
 import numpy as np
 
 from fastbp.optim import OPTIMIZERS
+from fastbp.validation import is_integer
 
 __all__ = ["OPTIMIZER_NAMES", "Trainer"]
 
@@ -38,8 +39,7 @@ def _same_length(x_name, x, t_name, t):
 
 
 def _positive_int(name, value):
-    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)
-            or value < 1):
+    if not is_integer(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
     return int(value)
 

@@ -332,9 +332,15 @@ def loss_gradient_scale(dout):
 # --- convolution and pooling ---------------------------------------------------------------
 
 
+def is_integer(value):
+    """Whether ``value`` is an integer (Python's or NumPy's), and not a bool: the test of every
+    count and size fastbp takes."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
 def _integer(value, name, layer, minimum):
     """``value`` as a Python int of at least ``minimum``; ``TypeError`` for non-integers."""
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+    if not is_integer(value):
         raise TypeError(f"{layer}: {name} must be an integer; got {value!r}")
     value = int(value)
     if value < minimum:
