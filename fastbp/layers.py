@@ -8,8 +8,6 @@ attribute names. :mod:`fastbp.reference.layers` holds the same classes in plain 
 """
 
 import numbers
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -26,7 +24,7 @@ from fastbp.reference.layers import (
     dropout_uniforms,
     running_statistics,
 )
-from fastbp.threads import ProductThreads
+from fastbp.threads import ProductThreads, helper_pool, product
 
 __all__ = ["AddLayer", "Affine", "BatchNormalization", "Convolution", "Dropout", "MulLayer",
            "Pooling", "Relu", "Sigmoid", "SoftmaxWithLoss"]
@@ -106,7 +104,8 @@ class Affine:
 
     ``W`` and ``b`` are kept by reference and read on every call, so in-place optimizer updates
     and reassignment (``layer.W = ...``) are both seen. The products run in BLAS, on the thread
-    count :class:`fastbp.threads.ProductThreads` picks; the bias add and ``db`` are kernels.
+    count :class:`fastbp.threads.ProductThreads` picks (split over helper threads while the
+    kernels are busy: :func:`fastbp.threads.product`); the bias add and ``db`` are kernels.
     ``backward`` returns ``dx`` in the input's shape and sets ``dW`` and ``db``. A call whose
     arrays have the shapes and dtype of the previous call, and are C-contiguous ``ndarray`` s,
     skips the checks, which it would pass unchanged (:func:`fastbp.validation.same_call`).
@@ -133,9 +132,7 @@ class Affine:
             self._forward_key = v.call_key(x, self.W, self.b)
         self.original_x_shape, self.x = x.shape, xc
         self._x_dtype = x.dtype  # xc may be float32 for float16 x: backward casts back to this
-        out = np.empty((xc.shape[0], Wc.shape[1]), dtype=xc.dtype)
-        with ProductThreads(2 * xc.shape[0] * xc.shape[1] * Wc.shape[1]):
-            np.dot(xc, Wc, out=out)
+        out = product(xc, Wc, np.empty((xc.shape[0], Wc.shape[1]), dtype=xc.dtype))
         row = _bias_row(bc, out.shape[1])
         if row is None:  # a bias with a batch axis: plain broadcasting
             out += bc
@@ -170,9 +167,9 @@ class Affine:
             self._backward_key = v.call_key(dout, self.W, self.x)
         db = np.empty(d.shape[1], dtype=d.dtype)
         affine.column_sum(d, db)  # before the products: BLAS's threads spin for a while after
-        with ProductThreads(2 * xc.shape[0] * xc.shape[1] * Wc.shape[1]):  # each product's
-            dx = np.dot(d, Wc.T) if need_dx else None
-            dW = np.dot(xc.T, d)
+        dx = product(d, Wc.T, np.empty((d.shape[0], Wc.shape[0]), dtype=d.dtype)) \
+            if need_dx else None
+        dW = product(xc.T, d, np.empty((xc.shape[1], d.shape[1]), dtype=d.dtype))
         self.dW = v.as_result(dW, out_dtype)
         self.db = v.as_result(db, out_dtype)
         return dx, out_dtype
@@ -442,19 +439,6 @@ def _images_per_chunk(rows, p, dtype):
     return max(1, CONV_CHUNK_BYTES // (rows * p * np.dtype(dtype).itemsize))
 
 
-_image_threads = None
-
-
-def _forget_image_threads():
-    """In a forked child the pool's threads do not exist: start a new pool when needed."""
-    global _image_threads
-    _image_threads = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_image_threads)
-
-
 IMAGE_PRODUCT_FLOPS = 1 << 27
 """Convolution's per-image products of at least this many floating-point operations (134 MFLOP,
 about 4 ms on one core) run one image at a time on BLAS's threads; smaller ones run on one BLAS
@@ -470,18 +454,14 @@ def _over_images(images, n, size, flops_per_image):
     :data:`IMAGE_PRODUCT_FLOPS` run one image at a time instead, on BLAS threads for the idle
     cores (:class:`fastbp.threads.ProductThreads`).
     """
-    global _image_threads
     big = flops_per_image >= IMAGE_PRODUCT_FLOPS
     count = 1 if big else min(n, parallel.threads_for(size))
     with ProductThreads(flops_per_image, most=None if big else 1):
         if count < 2:
             images(0, n, False)
             return
-        if _image_threads is None:
-            _image_threads = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
-                                                thread_name_prefix="fastbp-images")
         bounds = [n * t // count for t in range(count + 1)]
-        futures = [_image_threads.submit(images, bounds[t], bounds[t + 1], True)
+        futures = [helper_pool().submit(images, bounds[t], bounds[t + 1], True)
                    for t in range(1, count)]
         try:
             images(bounds[0], bounds[1], True)

@@ -684,9 +684,9 @@ class SimpleConvNet(_ConvNet):
         layers = self._layer_list()
         self._check_images(x)
         z = block.forward(x)
-        # (The block's kernels have just run, so the products below run on one BLAS thread,
-        # and no BLAS worker spins on the core the block's backward kernel needs: see
-        # fastbp.threads.KERNELS_BUSY_SECONDS.)
+        # (The block's kernels have just run, so each product below runs on one BLAS thread,
+        # the large ones split by rows over helper threads, and no BLAS worker spins on the core
+        # the block's backward kernel needs: see fastbp.threads.KERNELS_BUSY_SECONDS.)
         for layer in layers[3:]:
             z = layer.forward(z)
         self.last_layer.forward(z, t)

@@ -402,6 +402,100 @@ def test_long_kernel_calls_leave_products_alone_where_the_load_rule_is_off(fake_
     assert fake_blas.sets == []
 
 
+class SplitSpy:
+    """Records the row blocks :func:`fastbp.threads.product` hands to the helper threads, and
+    the BLAS count each block runs under."""
+
+    def __init__(self, monkeypatch, fake_blas):
+        self.blocks, self.counts = [], []
+        pool = threads.helper_pool()
+        submit = pool.submit
+
+        def spy(fn, a, b, out):
+            self.blocks.append(a.shape[0])
+
+            def part():
+                self.counts.append(fake_blas.count)
+                return fn(a, b, out)
+            return submit(part)
+        monkeypatch.setattr(pool, "submit", spy)
+
+
+def _busy_kernels(monkeypatch):
+    """Make the kernels look busy: a long kernel call has just ended."""
+    monkeypatch.setattr(parallel, "LONG_CALL_SECONDS", 0.0)
+    _kernel_call()
+    assert parallel.seconds_since_long_call() < threads.KERNELS_BUSY_SECONDS
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="kernels run on one thread here")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("idle", "rows", "blocks"),
+                         [(1, 10, [5]), (2, 10, [3, 4]), (64, 10, [3, 2, 3]), (64, 2, [1])])
+def test_product_splits_rows_over_helpers_while_kernels_are_busy(fake_blas, monkeypatch, dtype,
+                                                                idle, rows, blocks):
+    """One block per idle core plus the caller's, never more than your BLAS count (4) or the
+    rows; every block on one BLAS thread; the count restored after; the product's values."""
+    rng = np.random.default_rng(rows + idle)
+    a, b = rng.standard_normal((rows, 7)).astype(dtype), rng.standard_normal((7, 5)).astype(dtype)
+    monkeypatch.setattr(threads, "SPLIT_MIN_FLOPS", 2 * rows * 7 * 5)
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: idle)
+    spy = SplitSpy(monkeypatch, fake_blas)
+    _busy_kernels(monkeypatch)
+    out = np.full((rows, 5), np.nan, dtype=dtype)
+    assert threads.product(a, b, out) is out
+    assert spy.blocks == blocks and spy.counts == [1] * len(blocks)
+    assert fake_blas.sets == [1, 4] and fake_blas.count == 4
+    np.testing.assert_allclose(out, a @ b, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="kernels run on one thread here")
+def test_product_split_of_transposed_views_matches_numpy(fake_blas, monkeypatch):
+    """Affine's backward products read transposed views (``x.T @ d``, ``d @ W.T``)."""
+    rng = np.random.default_rng(1)
+    x, W = rng.standard_normal((9, 13)), rng.standard_normal((13, 6))
+    d = rng.standard_normal((9, 6))
+    monkeypatch.setattr(threads, "SPLIT_MIN_FLOPS", 1)
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 1)
+    spy = SplitSpy(monkeypatch, fake_blas)
+    _busy_kernels(monkeypatch)
+    dW = threads.product(x.T, d, np.empty((13, 6)))
+    dx = threads.product(d, W.T, np.empty((9, 13)))
+    assert spy.blocks == [7, 5]
+    np.testing.assert_allclose(dW, x.T @ d, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, d @ W.T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="kernels run on one thread here")
+@pytest.mark.parametrize("case", ["small", "kernels quiet", "your count 1", "fixed count",
+                                  "no load check", "no idle core", "no loadavg", "one row",
+                                  "no blas"])
+def test_product_is_not_split(fake_blas, monkeypatch, case):
+    monkeypatch.setattr(threads, "SPLIT_MIN_FLOPS", 2 * 4 * 3 * 2)
+    monkeypatch.setattr(parallel, "idle_cores",
+                        lambda ours=0: {"no idle core": 0, "no loadavg": None}.get(case, 64))
+    spy = SplitSpy(monkeypatch, fake_blas)
+    _busy_kernels(monkeypatch)
+    rows = 1 if case == "one row" else 4
+    a, b = np.ones((rows, 3)), np.ones((3, 2))
+    if case == "small":
+        a = np.ones((rows, 2))
+        b = np.ones((2, 2))
+    elif case == "kernels quiet":
+        monkeypatch.setattr(threads, "KERNELS_BUSY_SECONDS", 0.0)
+    elif case == "your count 1":
+        fake_blas.count = 1
+    elif case == "fixed count":
+        threads.set_num_threads(2)
+    elif case == "no load check":
+        monkeypatch.setattr(parallel, "ADAPT_TO_LOAD", False)
+    elif case == "no blas":
+        threads._blas.lib = None
+    out = threads.product(a, b, np.empty((rows, b.shape[1])))
+    assert spy.blocks == []
+    np.testing.assert_array_equal(out, a @ b)
+
+
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="kernels run on one thread here")
 @pytest.mark.parametrize("net", ["simpleconv", "deepconv", "book's SimpleConvNet"])
 def test_a_conv_net_step_runs_its_products_on_one_blas_thread(fake_blas, monkeypatch, net):
@@ -422,14 +516,21 @@ def test_a_conv_net_step_runs_its_products_on_one_blas_thread(fake_blas, monkeyp
             counts.append(fake_blas.count)
         return result
     monkeypatch.setattr(threads.ProductThreads, "__enter__", spy)
+    split = SplitSpy(monkeypatch, fake_blas)
     if net == "book's SimpleConvNet":
         step = book_simple_convnet_step(layer_module("kernel"), (100, 1, 28, 28), "float64")
     else:
         step = convnet_step("kernel", net, (100, 1, 28, 28), "float64")
     step()  # compiles: a compile between a kernel and a product can outlast the window
     counts.clear()
+    split.blocks.clear()
     step()
     assert len(counts) >= 2 and set(counts) == {1}, counts  # forward, backward at least
+    # The Affine after the convolution multiplies 100x4320 by 4320x100 (86 MFLOP): forward,
+    # dW and dx split over helpers (3 blocks besides the caller's: BLAS count 4); DeepConvNet's
+    # products (at most 100x1024 @ 1024x50) are too small to split.
+    expected = [] if net == "deepconv" else [25] * 6 + [1080] * 3  # x @ W and dx; dW
+    assert sorted(split.blocks) == sorted(expected), split.blocks
 
 
 def test_product_threads_from_many_python_threads(fake_blas, monkeypatch):
@@ -476,6 +577,42 @@ def test_real_blas_count_lowered_inside_and_restored(monkeypatch):
     monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 64)
     with threads.ProductThreads(PRODUCT_FLOPS):
         assert lib.get_num_threads() == before
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="kernels run on one thread here")
+def test_real_blas_split_products_from_python_threads(monkeypatch):
+    """Split products (real BLAS, its count lowered to 1 around the blocks) from four Python
+    threads at once: right values, and BLAS's count restored."""
+    lib = _real_blas()
+    before = lib.get_num_threads()
+    if before < 2:
+        pytest.skip("BLAS runs on one thread here")
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 64)
+    monkeypatch.setattr(threads, "SPLIT_MIN_FLOPS", 1)
+    _busy_kernels(monkeypatch)
+    monkeypatch.setattr(threads, "KERNELS_BUSY_SECONDS", float("inf"))
+    rng = np.random.default_rng(6)
+    x, W = rng.standard_normal((64, 300)), rng.standard_normal((300, 40))
+    expected, errors = x @ W, []
+    submit, blocks = threads.helper_pool().submit, []
+    monkeypatch.setattr(threads.helper_pool(), "submit",
+                        lambda *args: blocks.append(1) or submit(*args))
+
+    def work():
+        try:
+            for _ in range(30):
+                out = threads.product(x, W, np.empty((64, 40)))
+                np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    workers = [threading.Thread(target=work) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors
+    assert blocks  # at least the products that found the count unlowered were split
+    assert lib.get_num_threads() == before and not threads._blas_changed
 
 
 def test_real_blas_from_python_threads_then_threadpoolctl_still_works(monkeypatch):
