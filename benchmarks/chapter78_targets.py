@@ -5,9 +5,9 @@
 
 From the repository root. Every row times its functions in turn, in one process, so each
 ratio compares times taken side by side (:func:`measure_in_blocks`: rounds of a block of calls of
-each function, after a pause that lets the previous block's BLAS or OpenMP threads stop
-spinning: one function's spinning threads would otherwise hold the cores the next one's
-kernels look for):
+each function, each block after :data:`fastbp.bench.SPIN_PAUSE` seconds of the function's own
+calls, in which the previous block's BLAS or OpenMP threads stop spinning: one function's
+spinning threads would otherwise hold the cores the next one's kernels look for):
 
 * Convolution forward + backward (``dx`` included), reference/kernel: SimpleConvNet's layer
   (100x1x28x28, 30 filters 5x5) and DeepConvNet's second layer (100x16x28x28, 16 filters 3x3,
@@ -42,13 +42,23 @@ CONV_SHAPES = {  # (x shape, W shape, pad)
 
 def measure_in_blocks(funcs, rounds=5, calls=3):
     """Per-call seconds of each function: the median over ``rounds`` rounds of the median of
-    ``calls`` timed calls, the functions taking turns in blocks, each block after one untimed
-    call and a pause of :data:`SPIN_PAUSE`."""
+    ``calls`` timed calls, the functions taking turns in blocks, each block after
+    :data:`SPIN_PAUSE` seconds of untimed calls of the same function (at least one).
+
+    Each function is timed in its steady state, as a training loop runs it: the previous
+    function's spinning threads have stopped, and its own threads are running. A sleep
+    instead of those calls left fastbp's kernels 1.6x slower in the timed calls that followed
+    (SimpleConvNet's float64 step 15-16 ms against 9 ms; the reference's step alike, 63-79 ms
+    against 67-73 ms): after an idle pause this machine's scheduler often ran both kernel
+    threads on one core for a while (each thread's run-queue wait, in
+    ``/proc/self/task/*/schedstat``, was 9-16 ms per four calls of the convolution)."""
     samples = [[] for _ in funcs]
     for _ in range(rounds):
         for f, out in zip(funcs, samples, strict=True):
-            time.sleep(SPIN_PAUSE)
+            warm_until = time.perf_counter() + SPIN_PAUSE
             f()
+            while time.perf_counter() < warm_until:
+                f()
             times = []
             for _ in range(calls):
                 t0 = time.perf_counter()
