@@ -173,8 +173,9 @@ over helper threads instead where a core is idle (:data:`SPLIT_MIN_FLOPS`)."""
 
 SPLIT_MIN_FLOPS = 1 << 26
 """:func:`product` splits a product of at least this many floating-point operations (67 MFLOP,
-1.5-2 ms on one core in float64) that starts while the kernels are busy (:data:`KERNELS_BUSY_SECONDS`)
-by rows over helper threads, one per idle core, each part on one BLAS thread. Unlike BLAS's own
+1.5-2 ms on one core in float64) that starts while the kernels are busy
+(:data:`KERNELS_BUSY_SECONDS`) by rows over helper threads, one per idle core, each part on one
+BLAS thread. Unlike BLAS's own
 workers, the helpers sleep as soon as their part is done, so the kernels that follow find the
 cores idle. Below it, handing a part to a helper cost more than it saved here (a 100x2048 @
 2048x100 product: 0.91-0.96 ms on one thread, 0.65-0.93 ms split in two)."""
