@@ -533,24 +533,33 @@ def test_a_conv_net_step_runs_its_products_on_one_blas_thread(fake_blas, monkeyp
     assert sorted(split.blocks) == sorted(expected), split.blocks
 
 
-def test_product_threads_from_many_python_threads(fake_blas, monkeypatch):
-    """Concurrent blocks never leave the count changed, and never run above anyone's ask."""
-    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 0)
-    seen, errors = [], []
+def _in_threads(body, count):
+    """Run ``body()`` on ``count`` Python threads at once; return the exceptions they raised."""
+    errors = []
 
     def work():
         try:
-            for _ in range(300):
-                with threads.ProductThreads(PRODUCT_FLOPS):
-                    seen.append(fake_blas.count)
-        except Exception as exc:  # pragma: no cover - reported below
+            body()
+        except Exception as exc:  # pragma: no cover - returned to the test
             errors.append(exc)
-    workers = [threading.Thread(target=work) for _ in range(8)]
+    workers = [threading.Thread(target=work) for _ in range(count)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    assert not errors
+    return errors
+
+
+def test_product_threads_from_many_python_threads(fake_blas, monkeypatch):
+    """Concurrent blocks never leave the count changed, and never run above anyone's ask."""
+    monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: 0)
+    seen = []
+
+    def work():
+        for _ in range(300):
+            with threads.ProductThreads(PRODUCT_FLOPS):
+                seen.append(fake_blas.count)
+    assert _in_threads(work, 8) == []
     assert fake_blas.count == 4 and not threads._blas_changed
     assert set(seen) <= {1, 4} and 1 in seen
     # Every lowering was undone before the next one: the sets alternate 1, 4, 1, 4, ...
@@ -593,24 +602,16 @@ def test_real_blas_split_products_from_python_threads(monkeypatch):
     monkeypatch.setattr(threads, "KERNELS_BUSY_SECONDS", float("inf"))
     rng = np.random.default_rng(6)
     x, W = rng.standard_normal((64, 300)), rng.standard_normal((300, 40))
-    expected, errors = x @ W, []
+    expected = x @ W
     submit, blocks = threads.helper_pool().submit, []
     monkeypatch.setattr(threads.helper_pool(), "submit",
                         lambda *args: blocks.append(1) or submit(*args))
 
     def work():
-        try:
-            for _ in range(30):
-                out = threads.product(x, W, np.empty((64, 40)))
-                np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-    workers = [threading.Thread(target=work) for _ in range(4)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    assert not errors
+        for _ in range(30):
+            out = threads.product(x, W, np.empty((64, 40)))
+            np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    assert _in_threads(work, 4) == []
     assert blocks  # at least the products that found the count unlowered were split
     assert lib.get_num_threads() == before and not threads._blas_changed
 
