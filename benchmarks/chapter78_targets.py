@@ -31,7 +31,13 @@ import tracemalloc
 import numpy as np
 
 from fastbp.backends import layer_module
-from fastbp.bench import SPIN_PAUSE, book_simple_convnet_step, convnet_step, torch_convnet_step
+from fastbp.bench import (
+    SPIN_PAUSE,
+    book_simple_convnet_step,
+    convnet_step,
+    torch_convnet_step,
+    warm_up,
+)
 
 BOOK = (100, 1, 28, 28)
 CONV_SHAPES = {  # (x shape, W shape, pad)
@@ -55,10 +61,7 @@ def measure_in_blocks(funcs, rounds=5, calls=3):
     samples = [[] for _ in funcs]
     for _ in range(rounds):
         for f, out in zip(funcs, samples, strict=True):
-            warm_until = time.perf_counter() + SPIN_PAUSE
-            f()
-            while time.perf_counter() < warm_until:
-                f()
+            warm_up(f, SPIN_PAUSE)
             times = []
             for _ in range(calls):
                 t0 = time.perf_counter()

@@ -11,7 +11,7 @@ while it measures. It prints:
   (the reference on BLAS's default threads), the book's own ``TwoLayerNet`` code on
   ``fastbp.reference.layers`` and on ``fastbp.layers`` (the drop-in case), and PyTorch eager
   where it is installed; with the ratios the targets name. Each case is timed in blocks, each
-  after a pause and an untimed call (``fastbp.bench.SPIN_PAUSE``), so that one case's
+  after 0.3 s of its own untimed calls (``fastbp.bench.SPIN_PAUSE``), so that one case's
   still-spinning BLAS or PyTorch threads do not slow the next;
 * ``fastbp train --compare`` on the digits (steps/s ratio);
 * the warm-cache start: a fresh interpreter imports fastbp and runs one forward and one

@@ -56,8 +56,8 @@ SIZES = {  # shared with the asv suite (benchmarks/): one table for both
 LAYERS = ("relu", "sigmoid", "softmax", "affine", "step", "simpleconv", "deepconv", "dropin")
 NET_CASES = ("step", "simpleconv", "deepconv", "dropin")
 PAUSED_CASES = ("affine", *NET_CASES)
-"""The cases that run BLAS products, timed with a pause before each block (:data:`SPIN_PAUSE`);
-with PyTorch, every case is."""
+"""The cases that run BLAS products, timed after :data:`SPIN_PAUSE` seconds of their own calls
+before each block; with PyTorch, every case is."""
 
 LOAD_CHANGE_CORES = 0.5
 """Cores of other processes' CPU use: a spread larger than this between the rows of one run
@@ -381,11 +381,24 @@ def torch_case(name, size, dtype, rng):
 
 
 SPIN_PAUSE = 0.3
-"""Seconds of quiet before a timed block (``time_interleaved(..., pause=SPIN_PAUSE)``): longer
-than OpenBLAS's workers spin after a product (about 0.1 s) and than an OpenMP pool's spin-wait
-(PyTorch's), so that one function's still-spinning threads do not slow the next one's. Timed
-back to back, the reference's step after PyTorch's ran 1.4-1.9x slower, and the kernels'
-drop-in step after the reference's measured 0.76x where in blocks it measured 1.16x."""
+"""Seconds of a function's own untimed calls before each of its timed blocks
+(``time_interleaved(..., pause=SPIN_PAUSE)``, :func:`warm_up`): longer than OpenBLAS's workers
+spin after a product (about 0.1 s) and than an OpenMP pool's spin-wait (PyTorch's), so that
+one function's still-spinning threads do not slow the next one's, and each function is timed
+in its steady state, as a training loop runs it. Timed back to back, the reference's step
+after PyTorch's ran 1.4-1.9x slower, and the kernels' drop-in step after the reference's
+measured 0.76x where in blocks it measured 1.16x. A sleep of that length instead of the calls
+left the kernels' threaded steps slow in the calls that followed (SimpleConvNet's float64 step
+15-16 ms against 9 ms): after an idle pause, the scheduler of the 2-core VM this was measured
+on often ran both kernel threads on one core for a while."""
+
+
+def warm_up(f, seconds):
+    """Call ``f`` (untimed) for ``seconds``, at least once."""
+    until = time.perf_counter() + seconds
+    f()
+    while time.perf_counter() < until:
+        f()
 
 
 BLOCK_SECONDS = 0.02
@@ -401,8 +414,8 @@ def time_interleaved(funcs, target=0.25, min_repeats=3, max_repeats=15, pause=0.
     least one call): a fast function is not timed by a single call, which the wake-up of a
     sleeping core or BLAS thread can make several times slower. With ``pause`` (seconds;
     :data:`SPIN_PAUSE` where the functions run BLAS products or PyTorch), each timing starts
-    after that pause and one untimed call, so it sees the function's own threads and not the
-    previous function's.
+    after that many seconds of the function's own untimed calls (:func:`warm_up`), so it sees
+    the function's own threads, running, and not the previous function's.
     """
     import numpy as np
 
@@ -425,8 +438,7 @@ def time_interleaved(funcs, target=0.25, min_repeats=3, max_repeats=15, pause=0.
     for _ in range(repeats):
         for f, inner, out in zip(funcs, inners, samples, strict=True):
             if pause:
-                time.sleep(pause)
-                f()
+                warm_up(f, pause)
             t0 = time.perf_counter()
             for _ in range(inner):
                 f()

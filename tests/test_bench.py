@@ -62,51 +62,76 @@ def test_bench_table_and_bad_arguments(capsys):
     assert cli.main(["bench", "--layers", " , "]) == 2
 
 
-def _busy(events, name, seconds):
-    def call():
-        events.append(name)
-        end = bench.time.perf_counter() + seconds
-        while bench.time.perf_counter() < end:
-            pass
-    return call
+class FakeClock:
+    """A stand-in for ``bench.time``: ``perf_counter`` reads a clock that only the functions
+    being timed advance (``call``), and ``sleep`` fails the test."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def sleep(self, seconds):
+        pytest.fail(f"slept {seconds} s")
+
+    def call(self, events, name, seconds):
+        def f():
+            events.append(name)
+            self.now += seconds
+        return f
 
 
-def test_time_interleaved_pauses_and_wakes_each_function_before_its_block(monkeypatch):
-    """With ``pause``, every timed block of a function follows a pause and one untimed call of
-    that same function, so the previous function's spinning threads are gone and its own are
-    awake; without it, the blocks follow each other back to back."""
+def _runs(events):
+    """``events`` as [(name, count), ...], one pair per run of consecutive calls of a function."""
+    runs = []
+    for name in events:
+        if runs and runs[-1][0] == name:
+            runs[-1][1] += 1
+        else:
+            runs.append([name, 1])
+    return [tuple(r) for r in runs]
+
+
+def test_time_interleaved_warms_each_function_before_its_block(monkeypatch):
+    """With ``pause``, every timed block of a function follows ``pause`` seconds of untimed
+    calls of that same function (never a sleep), so the previous function's spinning threads
+    are gone and its own are running; without it, the blocks follow each other back to back."""
+    clock = FakeClock()
+    monkeypatch.setattr(bench, "time", clock)
     events = []
-    monkeypatch.setattr(bench.time, "sleep", lambda s: events.append(("sleep", s)))
-    a, b = _busy(events, "a", 2e-3), _busy(events, "b", 2e-3)  # about 10 calls per block
-    bench.time_interleaved([a, b], target=0.0, min_repeats=2, max_repeats=2, pause=0.25)
-    warm, timed = events[:8], events[8:]
-    assert warm == ["a"] * 4 + ["b"] * 4  # one call, then three that size the blocks
-    inner_a = timed.index(("sleep", 0.25), 1) - 2  # sleep, a (untimed), a * inner, sleep, ...
-    inner_b = timed.index(("sleep", 0.25), 2 + inner_a + 1) - (2 + inner_a) - 2
-    assert 1 <= inner_a <= 10 and 1 <= inner_b <= 10
-    block = [("sleep", 0.25), "a", *["a"] * inner_a, ("sleep", 0.25), "b", *["b"] * inner_b]
-    assert timed == block * 2
+    a, b = clock.call(events, "a", 2 ** -9), clock.call(events, "b", 2 ** -8)  # exact sums
+    bench.time_interleaved([a, b], target=0.0, min_repeats=2, max_repeats=2, pause=0.05)
+    assert events[:8] == ["a"] * 4 + ["b"] * 4  # one call, then three that size the blocks
+    # a: 26 calls of warm-up (0.05 s: 25.6 calls), then a block of 10 (20 ms); b: 13 and 5
+    assert _runs(events[8:]) == [("a", 36), ("b", 18), ("a", 36), ("b", 18)]
     events.clear()
     bench.time_interleaved([a, b], target=0.0, min_repeats=2, max_repeats=2)
-    assert not [e for e in events if isinstance(e, tuple)]
-    timed = events[8:]
-    inner_a = timed.index("b")
-    inner_b = timed.index("a", inner_a) - inner_a
-    assert inner_a >= 1 and inner_b >= 1
-    assert timed == (["a"] * inner_a + ["b"] * inner_b) * 2
+    assert _runs(events[8:]) == [("a", 10), ("b", 5), ("a", 10), ("b", 5)]  # the blocks alone
+
+
+def test_warm_up_calls_at_least_once_and_for_the_time_given(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(bench, "time", clock)
+    events = []
+    bench.warm_up(clock.call(events, "f", 2 ** -10), 0.0)
+    assert events == ["f"]
+    bench.warm_up(clock.call(events, "g", 2 ** -10), 0.0305)  # 31.2 calls' time
+    assert events[1:] == ["g"] * 32
 
 
 def test_time_interleaved_times_each_function_over_a_block_not_one_call(monkeypatch):
     """A function much faster than the slowest one still gets a block of many calls (a single
     call after a pause was 2-10x slower than the function's steady rate, and made the reference
     net's step at 64-100-10 read 2.2 ms instead of 0.25 ms)."""
+    clock = FakeClock()
+    monkeypatch.setattr(bench, "time", clock)
     events = []
-    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
-    slow, fast = _busy(events, "slow", 25e-3), _busy(events, "fast", 0.2e-3)
-    bench.time_interleaved([slow, fast], target=0.0, min_repeats=1, max_repeats=1, pause=0.1)
-    timed = events[events.index("fast") + 4:]  # slow: 1 + 1 (25 ms is a block); fast: 1 + 3
-    assert timed.count("slow") == 2  # the untimed call and a block of one
-    assert timed.count("fast") >= 10  # the untimed call and a block of about 100
+    slow, fast = clock.call(events, "slow", 2 ** -5), clock.call(events, "fast", 2 ** -12)
+    bench.time_interleaved([slow, fast], target=0.0, min_repeats=1, max_repeats=1)
+    # sizing: slow once, then once more (31 ms is a block); fast once, then three calls; then
+    # the blocks: slow once, fast for 20 ms (81.9 calls' time)
+    assert _runs(events) == [("slow", 2), ("fast", 4), ("slow", 1), ("fast", 81)]
 
 
 def test_bench_module_imports_no_torch():
