@@ -52,12 +52,8 @@ def measure_in_blocks(funcs, rounds=5, calls=3):
     :data:`SPIN_PAUSE` seconds of untimed calls of the same function (at least one).
 
     Each function is timed in its steady state, as a training loop runs it: the previous
-    function's spinning threads have stopped, and its own threads are running. A sleep
-    instead of those calls left fastbp's kernels 1.6x slower in the timed calls that followed
-    (SimpleConvNet's float64 step 15-16 ms against 9 ms; the reference's step alike, 63-79 ms
-    against 67-73 ms): after an idle pause this machine's scheduler often ran both kernel
-    threads on one core for a while (each thread's run-queue wait, in
-    ``/proc/self/task/*/schedstat``, was 9-16 ms per four calls of the convolution)."""
+    function's spinning threads have stopped, and its own threads are running (why not a
+    sleep: :data:`SPIN_PAUSE`)."""
     samples = [[] for _ in funcs]
     for _ in range(rounds):
         for f, out in zip(funcs, samples, strict=True):

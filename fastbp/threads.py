@@ -175,10 +175,10 @@ SPLIT_MIN_FLOPS = 1 << 26
 """:func:`product` splits a product of at least this many floating-point operations (67 MFLOP,
 1.5-2 ms on one core in float64) that starts while the kernels are busy
 (:data:`KERNELS_BUSY_SECONDS`) by rows over helper threads, one per idle core, each part on one
-BLAS thread. Unlike BLAS's own
-workers, the helpers sleep as soon as their part is done, so the kernels that follow find the
-cores idle. Below it, handing a part to a helper cost more than it saved here (a 100x2048 @
-2048x100 product: 0.91-0.96 ms on one thread, 0.65-0.93 ms split in two)."""
+BLAS thread. Unlike BLAS's own workers, the helpers sleep as soon as their part is done, so the
+kernels that follow find the cores idle. Below it, handing a part to a helper cost more than
+it saved here (a 100x2048 @ 2048x100 product: 0.91-0.96 ms on one thread, 0.65-0.93 ms split
+in two)."""
 
 _blas = None
 """The :class:`_BlasLibrary` of NumPy's BLAS, looked for at the first product that needs it."""
@@ -241,6 +241,15 @@ class _BlasLibrary:
             self.spin_seconds = _openblas_spin_seconds()
         self.lib = lib
 
+    def spinning_now(self):
+        """How many of BLAS's workers still spin after fastbp's last threaded product."""
+        return self.spinning if time.perf_counter() < self.spin_until else 0
+
+
+def _kernels_busy():
+    """Whether a long kernel call ended in the last :data:`KERNELS_BUSY_SECONDS`."""
+    return parallel.seconds_since_long_call() < KERNELS_BUSY_SECONDS
+
 
 def _find_blas():
     global _blas
@@ -258,7 +267,7 @@ def helper_pool():
     """fastbp's helper threads (a ``ThreadPoolExecutor`` of ``os.cpu_count()`` threads, started
     at the first use): Convolution's image ranges and :func:`product`'s row blocks run on them.
     They wait without spinning. Only fastbp's own short tasks run there, and none of them waits
-    for another, so a task never waits for a free helper that another task holds."""
+    for another, so a full pool only delays a task, and never deadlocks."""
     global _helpers
     if _helpers is None:
         with _helpers_lock:
@@ -281,8 +290,7 @@ if hasattr(os, "register_at_fork"):
 def _split_parts(flops, rows):
     """How many row blocks :func:`product` splits a product into (1: not split)."""
     if (flops < SPLIT_MIN_FLOPS or rows < 2 or not parallel.ADAPT_TO_LOAD
-            or parallel.count_fixed()
-            or parallel.seconds_since_long_call() >= KERNELS_BUSY_SECONDS):
+            or parallel.count_fixed() or not _kernels_busy()):
         return 1
     blas = _blas if _blas is not None else _find_blas()
     lib = blas.lib
@@ -291,8 +299,7 @@ def _split_parts(flops, rows):
     yours = lib.get_num_threads()
     if yours < 2:
         return 1
-    spinning = blas.spinning if time.perf_counter() < blas.spin_until else 0
-    idle = parallel.idle_cores(spinning + parallel.running_workers())
+    idle = parallel.idle_cores(blas.spinning_now() + parallel.running_workers())
     if idle is None:
         return 1
     return min(yours, 1 + idle, rows)
@@ -342,8 +349,8 @@ class ProductThreads:
     ``/proc/loadavg`` (:func:`fastbp.kernels.parallel.idle_cores`), counting BLAS workers that still
     spin after fastbp's previous product as ours; one thread where a long kernel call ended in
     the last :data:`KERNELS_BUSY_SECONDS` and the product is below
-    :data:`KERNELS_BUSY_MAX_FLOPS`. The
-    count is lowered only for the block and restored on exit. Where the load cannot be read,
+    :data:`KERNELS_BUSY_MAX_FLOPS`. The count is lowered only for the block and restored on
+    exit. Where the load cannot be read,
     where no BLAS is found, or with the load check off (:func:`set_num_threads` with a count),
     BLAS runs on its own count.
 
@@ -374,12 +381,10 @@ class ProductThreads:
         if lib is None or lib.get_num_threads() == 1:  # one thread (yours, or a concurrent
             return self  # block's lowered count): nothing to choose, no load to read
         if self.most is None:
-            if (self.flops < KERNELS_BUSY_MAX_FLOPS
-                    and parallel.seconds_since_long_call() < KERNELS_BUSY_SECONDS):
+            if self.flops < KERNELS_BUSY_MAX_FLOPS and _kernels_busy():
                 want = 1  # threaded kernels are at work: leave them the cores
             else:
-                ours = blas.spinning if time.perf_counter() < blas.spin_until else 0
-                idle = parallel.idle_cores(ours)
+                idle = parallel.idle_cores(blas.spinning_now())
                 if idle is None:
                     return self
                 want = 1 + idle
