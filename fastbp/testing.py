@@ -388,15 +388,21 @@ def layer_cases(seed=0, batch=7):
 
 
 def conv_cases(rng, batch):
-    """Convolution and Pooling on small odd, non-square images (chapters 7-8)."""
+    """Convolution (its three paths) and Pooling on small odd, non-square images (chapters 7-8)."""
     x = rng.standard_normal((batch, 3, 9, 8))
     W1, b1 = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
     W2, b2 = rng.standard_normal((5, 3, 4, 2)), rng.standard_normal(5)
+    wide = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])  # rng's draws unchanged
+    x3 = wide.standard_normal((batch, 8, 7, 6))
+    W3, b3 = wide.standard_normal((9, 8, 3, 3)), wide.standard_normal(9)
     return [
         LayerCase("Convolution", lambda m, cast: m.Convolution(cast(W1), cast(b1)), (x,),
                   grads=("dW", "db"), params={"W": "dW", "b": "db"}),
         LayerCase("Convolution[stride 2, pad 1]",
                   lambda m, cast: m.Convolution(cast(W2), cast(b2), stride=2, pad=1), (x,),
+                  grads=("dW", "db"), params={"W": "dW", "b": "db"}),
+        LayerCase("Convolution[3x3, 8 channels, pad 1: Winograd]",
+                  lambda m, cast: m.Convolution(cast(W3), cast(b3), pad=1), (x3,),
                   grads=("dW", "db"), params={"W": "dW", "b": "db"}),
         LayerCase("Pooling", lambda m, cast: m.Pooling(2, 2, stride=2), (x,)),
         LayerCase("Pooling[3x2, stride 1, pad 1]",

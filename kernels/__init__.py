@@ -13,6 +13,7 @@ build runs, on how many threads: ``sized``, the thread settings, the load and fo
 Kernels, one module per family: :mod:`.activations` (ReLU, sigmoid), :mod:`.affine` (bias add,
 column sums), :mod:`.softmax` (softmax and fused softmax-cross-entropy), :mod:`.fastexp` (a
 vectorisable ``exp`` within 2 ulp), :mod:`.optim` (fused optimizer updates). The later chapters
-add :mod:`.dropout`, :mod:`.batchnorm` (chapter 6), :mod:`.conv` (im2col, col2im) and
-:mod:`.pool` (max pooling) (chapters 7-8).
+add :mod:`.dropout`, :mod:`.batchnorm` (chapter 6), :mod:`.conv` (im2col, col2im, the direct
+convolution), :mod:`.winograd` (the F(2x2, 3x3) transforms) and :mod:`.pool` (max pooling)
+(chapters 7-8).
 """

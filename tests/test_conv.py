@@ -306,20 +306,34 @@ def test_bit_identical_at_every_thread_count(stride, dtype, monkeypatch):
 STRIDE_ONE = [g for g in GEOMETRIES if g[2] == 1] + [((3, 16, 9, 8), (5, 16, 3, 3), 1, 2)]
 
 
-@pytest.fixture(params=["direct", "columns"])
+@pytest.fixture(params=["direct", "columns", "winograd"])
 def path(request, monkeypatch):
-    """Run the test on each of the Convolution layer's two paths."""
-    monkeypatch.setattr(layers, "DIRECT_MAX_TAPS", 10**9 if request.param == "direct" else 0)
+    """Run the test on each of the Convolution layer's three paths ("winograd": any 3x3
+    filters at stride 1 take it, whatever their channel counts; other filters the direct
+    path)."""
+    monkeypatch.setattr(layers, "DIRECT_MAX_TAPS", 0 if request.param == "columns" else 10**9)
+    monkeypatch.setattr(layers, "WINOGRAD_MIN_CHANNELS", 1 if request.param == "winograd"
+                        else 10**9)
     return request.param
+
+
+def _path_taken(layer):
+    return "winograd" if layer._winograd else "direct" if layer._direct is not None else "columns"
+
+
+def _path_expected(path, w_shape, stride):
+    if path == "winograd" and (stride != 1 or w_shape[2:] != (3, 3)):
+        return "direct" if stride == 1 else "columns"
+    return path
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("geometry", STRIDE_ONE)
-def test_both_paths_agree_with_reference(geometry, dtype, path, build):
+def test_the_paths_agree_with_reference(geometry, dtype, path, build):
     x, W, b, stride, pad = data(geometry)
     layer = layers.Convolution(W, b, stride, pad)
     layer.forward(x)
-    assert (layer._direct is not None) == (path == "direct")
+    assert _path_taken(layer) == _path_expected(path, W.shape, stride)
     agree(x, W, b, stride, pad, dtype)
 
 
@@ -615,3 +629,186 @@ def test_a_forked_child_runs_threaded_convolutions():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["0"], proc.stdout
+
+
+# --- the Winograd path (3x3 filters at stride 1, with channels and filters to spare) ----------
+
+# (x shape, W shape, pad): DeepConvNet's kinds of layers, small; batch 1, odd and non-square
+# images (a last tile with one output row or column), a 1x1 output, pad 0-2.
+WINOGRAD = [
+    ((2, 8, 7, 7), (8, 8, 3, 3), 1),
+    ((1, 9, 6, 9), (10, 9, 3, 3), 0),
+    ((3, 8, 5, 8), (12, 8, 3, 3), 2),
+    ((2, 16, 3, 3), (8, 16, 3, 3), 0),
+    ((4, 8, 10, 11), (9, 8, 3, 3), 1),
+]
+
+
+def _winograd_data(geometry, dtype, seed=0):
+    x_shape, w_shape, pad = geometry
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype),
+            rng.standard_normal(w_shape[0]).astype(dtype), pad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("geometry", WINOGRAD, ids=str)
+def test_winograd_agrees_with_reference(geometry, dtype, build):
+    x, W, b, pad = _winograd_data(geometry, dtype)
+    layer = layers.Convolution(W, b, 1, pad)
+    out = layer.forward(x)
+    assert layer._winograd and out.dtype == dtype
+    agree(x, W, b, 1, pad, dtype)
+
+
+@pytest.mark.parametrize("layout", [k for k in LAYOUTS if k != "C"])
+def test_winograd_layouts(layout):
+    x, W, b, pad = _winograd_data(WINOGRAD[0], np.float64)
+    agree(x, W, b, 1, pad, np.float64, x_layout=layout)
+    agree(x, W, b, 1, pad, np.float64, w_layout=layout)
+
+
+def test_winograd_finite_differences():
+    x, W, b, pad = _winograd_data(((2, 8, 5, 4), (8, 8, 3, 3), 1), np.float64, seed=1)
+    assert_finite_differences(lambda: layers.Convolution(W.copy(), b.copy(), 1, pad), (x,),
+                              params={"W": "dW", "b": "db"})
+
+
+def test_winograd_need_dx_false_and_the_books_col():
+    x, W, b, pad = _winograd_data(WINOGRAD[2], np.float64)
+    layer, ref = layers.Convolution(W, b, 1, pad), reference.layers.Convolution(W, b, 1, pad)
+    dout = np.ones_like(ref.forward(x))
+    layer.forward(x)
+    assert layer._winograd
+    np.testing.assert_array_equal(layer.col, ref.col)
+    np.testing.assert_array_equal(layer.col_W, ref.col_W)
+    dx = layer.backward(dout)
+    dW, db = layer.dW, layer.db
+    layer.need_dx = False
+    assert layer.backward(dout) is None
+    np.testing.assert_array_equal(layer.dW, dW)
+    np.testing.assert_array_equal(layer.db, db)
+    ref.backward(dout)
+    np.testing.assert_allclose(dx, ref.backward(dout), rtol=1e-12, atol=1e-12)
+
+
+def test_only_wide_3x3_stride_one_layers_take_winograd():
+    rng = np.random.default_rng(0)
+    for w_shape, stride, want in [((8, 8, 3, 3), 1, True), ((7, 8, 3, 3), 1, False),
+                                  ((8, 7, 3, 3), 1, False), ((8, 8, 3, 3), 2, False),
+                                  ((8, 8, 3, 2), 1, False), ((8, 8, 5, 5), 1, False)]:
+        layer = layers.Convolution(rng.standard_normal(w_shape), np.zeros(w_shape[0]), stride, 1)
+        layer.forward(rng.standard_normal((2, w_shape[1], 9, 9)))
+        assert layer._winograd == want, (w_shape, stride)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_winograd_bit_identical_at_every_thread_count(dtype, monkeypatch):
+    """Images are transformed a chunk at a time (the chunks do not depend on the thread count)
+    with single-threaded products; threads own whole chunks, and dW, db are summed chunk by
+    chunk in order."""
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(layers, "WINOGRAD_CHUNK_BYTES", 1)  # one image per chunk
+    x, W, b, pad = _winograd_data(((13, 8, 9, 8), (10, 8, 3, 3), 1), dtype, seed=3)
+    dout = np.random.default_rng(4).standard_normal((13, 10, 9, 8)).astype(dtype)
+
+    def run():
+        layer = layers.Convolution(W, b, 1, pad)
+        out = layer.forward(x)
+        assert layer._winograd
+        return [a.tobytes() for a in (out, layer.backward(dout), layer.dW, layer.db)]
+
+    with threads.threads(1):
+        expected = run()
+    for n in sorted({2, 3, threads.numba.config.NUMBA_NUM_THREADS}):
+        if n <= threads.numba.config.NUMBA_NUM_THREADS:
+            with threads.threads(n):
+                assert run() == expected
+
+
+def test_winograd_chunk_sizes_agree(monkeypatch):
+    x, W, b, pad = _winograd_data(((7, 8, 6, 6), (8, 8, 3, 3), 1), np.float64)
+    for chunk in (1, 1 << 14, 1 << 30):  # one image per chunk, a few, the whole batch
+        monkeypatch.setattr(layers, "WINOGRAD_CHUNK_BYTES", chunk)
+        agree(x, W, b, 1, pad, np.float64)
+
+
+@pytest.mark.parametrize("where", ["x", "W", "dout"])
+def test_winograd_leaves_non_finite_values_to_the_direct_kernels(where):
+    """Winograd's transforms mix a tile's elements: an inf would reach outputs whose windows do
+    not hold it. A result that is not finite is computed again by the direct kernels, so
+    special values reach exactly the sums they reach in the reference."""
+    x, W, b, pad = _winograd_data(((2, 8, 7, 6), (8, 8, 3, 3), 1), np.float64, seed=5)
+    dout = np.random.default_rng(6).standard_normal((2, 8, 7, 6))
+    if where == "x":
+        x[0, 1, 2, 0] = np.inf
+        x[1, 0, 6, 5] = np.nan
+    elif where == "W":
+        W[1, 0, 0, 1] = np.inf
+    else:
+        dout[0, 1, 3, 0] = np.inf
+        dout[1, 2, 6, 5] = np.nan
+    results = []
+    for module in BACKENDS.values():
+        layer = module.Convolution(W, b, 1, pad)
+        with np.errstate(invalid="ignore"):
+            out = layer.forward(x)
+            dx = layer.backward(dout)
+        results.append((out, dx, layer.dW, layer.db))
+    for got, want in zip(*results, strict=True):
+        _nan_pattern_agrees(got, want)
+
+
+def test_winograd_overflow_falls_back_to_the_direct_kernels():
+    """Finite inputs whose transforms overflow (``d0 - d2`` of two values near the largest
+    float) give the direct kernels' finite results."""
+    rng = np.random.default_rng(7)
+    big = np.finfo(np.float64).max / 2
+    x = big * np.sign(rng.standard_normal((2, 8, 8, 8)))
+    W = 1e-6 * rng.standard_normal((8, 8, 3, 3))
+    b = np.zeros(8)
+    # 2x2 blocks of one sign, alternating: each tile's sums overflow, the planes' do not
+    i = np.arange(8) // 2
+    dout = np.broadcast_to(0.8 * big * (-1.0) ** (i[:, None] + i[None, :]), (2, 8, 8, 8))
+    layer, ref = layers.Convolution(W, b, 1, 1), reference.layers.Convolution(W, b, 1, 1)
+    out = layer.forward(x)
+    want = ref.forward(x)
+    assert np.isfinite(want).all() and not layer._winograd
+    np.testing.assert_allclose(out, want, rtol=1e-12)
+    x2 = 1e-10 * np.sign(x)  # a finite Winograd forward pass, then dout's transform overflows
+    layer2, ref2 = layers.Convolution(W, b, 1, 1), reference.layers.Convolution(W, b, 1, 1)
+    layer2.forward(x2)
+    ref2.forward(x2)
+    assert layer2._winograd
+    got_dx, want_dx = layer2.backward(dout), ref2.backward(dout)
+    for got, want in [(got_dx, want_dx), (layer2.dW, ref2.dW), (layer2.db, ref2.db)]:
+        assert np.isfinite(want).all()
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    assert not layer2._winograd  # backward fell back: the direct path's state is kept
+
+
+@st.composite
+def winograd_convolutions(draw):
+    pad = draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, 3 - 2 * pad), 9))
+    w = draw(st.integers(max(1, 3 - 2 * pad), 9))
+    n, c, fn = draw(st.integers(0, 3)), draw(st.integers(8, 12)), draw(st.integers(8, 12))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    return (scale * rng.standard_normal((n, c, h, w)), rng.standard_normal((fn, c, 3, 3)),
+            rng.standard_normal(fn), 1, pad)
+
+
+@given(case=winograd_convolutions(), dtype=st.sampled_from([np.float32, np.float64]))
+def test_hypothesis_winograd_agreement(case, dtype):
+    x, W, b, stride, pad = case
+    agree(x, W, b, stride, pad, dtype)
+
+
+def test_fastbp_verify_covers_the_winograd_path():
+    from fastbp.testing import layer_cases
+
+    (case,) = [c for c in layer_cases(0) if "Winograd" in c.name]
+    layer = case.candidate(lambda a: np.array(a, dtype=np.float64))
+    layer.forward(*case.inputs)
+    assert layer._winograd
