@@ -3,7 +3,7 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.chapter78_targets
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.chapter78_targets --quick
 
-From the repository root. Every row times its functions in turn, in one process, so each
+From the repository root. Every row times its functions in turn, in one run, so each
 ratio compares times taken side by side (:func:`measure_in_blocks`: rounds of a block of calls of
 each function, each block after :data:`fastbp.bench.SPIN_PAUSE` seconds of the function's own
 calls, in which the previous block's BLAS or OpenMP threads stop spinning: one function's
@@ -20,12 +20,14 @@ spinning threads would otherwise hold the cores the next one's kernels look for)
 * the peak memory of a SimpleConvNet step, both backends (``tracemalloc``: NumPy's
   allocations; target: the kernel's no more than the reference's).
 
-PyTorch rows appear where ``torch`` imports (it is never a dependency); it runs on the thread
-count it starts with. ``--quick`` repeats less (for a smoke run).
+PyTorch rows appear where ``torch`` is installed (it is never a dependency). It runs in a
+process of its own, on the thread count it starts with, its blocks timed there and interleaved
+with the others (:class:`fastbp.bench.PeerProcess`, whose docstring says why: in this process
+it would share GNU OpenMP with numba, and whichever loads it first slows the other).
+``--quick`` repeats less (for a smoke run).
 """
 
 import sys
-import time
 import tracemalloc
 
 import numpy as np
@@ -33,10 +35,11 @@ import numpy as np
 from fastbp.backends import layer_module
 from fastbp.bench import (
     SPIN_PAUSE,
+    PeerProcess,
+    _torch_available,
     book_simple_convnet_step,
     convnet_step,
-    torch_convnet_step,
-    warm_up,
+    timed_block,
 )
 
 BOOK = (100, 1, 28, 28)
@@ -57,14 +60,19 @@ def measure_in_blocks(funcs, rounds=5, calls=3):
     samples = [[] for _ in funcs]
     for _ in range(rounds):
         for f, out in zip(funcs, samples, strict=True):
-            warm_up(f, SPIN_PAUSE)
-            times = []
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                f()
-                times.append(time.perf_counter() - t0)
+            times = [timed_block(f, 1, SPIN_PAUSE if i == 0 else 0.0) for i in range(calls)]
             out.append(float(np.median(times)))
     return [float(np.median(s)) for s in samples]
+
+
+def _measure_and_close(funcs, repeats):
+    """:func:`measure_in_blocks` of ``funcs`` (a dict), then the PyTorch peers closed."""
+    try:
+        return measure_in_blocks(list(funcs.values()), **repeats)
+    finally:
+        for f in funcs.values():
+            if isinstance(f, PeerProcess):
+                f.close()
 
 
 def layer_pass(layer, x):
@@ -91,11 +99,11 @@ def pool_pass(backend, dtype):
 
 
 def torch_step(name, dtype):
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    """PyTorch's step in a process of its own (:class:`fastbp.bench.PeerProcess`: PyTorch in
+    this process would share GNU OpenMP with numba), or None without PyTorch. Close it."""
+    if not _torch_available():
         return None
-    return torch_convnet_step(name, BOOK, dtype)
+    return PeerProcess("torch_convnet_step", name, BOOK, dtype)
 
 
 def peak_bytes(fn):
@@ -134,7 +142,7 @@ def main(quick=False):
         step = torch_step("simpleconv", dtype)
         if step is not None:
             funcs[f"torch {dtype[-2:]}"] = step
-    t = dict(zip(funcs, measure_in_blocks(list(funcs.values()), **repeats), strict=True))
+    t = dict(zip(funcs, _measure_and_close(funcs, repeats), strict=True))
     ratios = [f"f64 {t['ref f64'] / t['kernel f64']:.2f}x",
               f"f32 vs ref f64 {t['ref f64'] / t['kernel f32']:.2f}x"]
     if "torch 32" in t:
@@ -153,7 +161,7 @@ def main(quick=False):
     if step is not None:
         funcs["torch 32"] = step
     deep = dict(rounds=2, calls=1) if quick else dict(rounds=3, calls=2)
-    t = dict(zip(funcs, measure_in_blocks(list(funcs.values()), **deep), strict=True))
+    t = dict(zip(funcs, _measure_and_close(funcs, deep), strict=True))
     ratios = [f"f64 {t['ref f64'] / t['kernel f64']:.2f}x"]
     if "torch 32" in t:
         ratios.append(f"f32 vs torch f32 {t['torch 32'] / t['kernel f32']:.2f}x")

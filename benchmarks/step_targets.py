@@ -7,9 +7,10 @@ From the repository root. ``--load N`` keeps N background processes busy (one co
 while it measures. It prints:
 
 * the training step (batch 100) at 784-50-10 and 64-100-10, float64 and float32, timed
-  interleaved in one process: ``fastbp.nets.TwoLayerNet`` on the reference and on the kernels
+  interleaved in one run: ``fastbp.nets.TwoLayerNet`` on the reference and on the kernels
   (the reference on BLAS's default threads), the book's own ``TwoLayerNet`` code on
-  ``fastbp.reference.layers`` and on ``fastbp.layers`` (the drop-in case), and PyTorch eager
+  ``fastbp.reference.layers`` and on ``fastbp.layers`` (the drop-in case), and PyTorch eager (in a
+  process of its own, ``fastbp.bench.PeerProcess``)
   where it is installed; with the ratios the targets name. Each case is timed in blocks, each
   after 0.3 s of its own untimed calls (``fastbp.bench.SPIN_PAUSE``), so that one case's
   still-spinning BLAS or PyTorch threads do not slow the next;
@@ -46,14 +47,13 @@ print(len(os.listdir("/proc/self/task")) - before, parallel._is_initialized,
 
 
 def steps(target):
-    import numpy as np
 
     from fastbp.bench import (
         SPIN_PAUSE,
+        PeerProcess,
         _torch_available,
         book_training_step,
         time_interleaved,
-        torch_case,
         training_step,
     )
 
@@ -64,11 +64,14 @@ def steps(target):
                      "kernel net": training_step("kernel", size, dtype),
                      "book on ref": book_training_step("reference", size, dtype),
                      "book on kernel": book_training_step("kernel", size, dtype)}
-            if _torch_available():
-                cases["torch"] = torch_case("step", size, np.dtype(dtype),
-                                            np.random.default_rng(0))
-            timed = time_interleaved(list(cases.values()), target=target, max_repeats=9,
-                                     pause=SPIN_PAUSE)
+            if _torch_available():  # in a process of its own (fastbp.bench.PeerProcess)
+                cases["torch"] = PeerProcess("_torch_case_seeded", "step", size, dtype)
+            try:
+                timed = time_interleaved(list(cases.values()), target=target, max_repeats=9,
+                                         pause=SPIN_PAUSE)
+            finally:
+                if "torch" in cases:
+                    cases["torch"].close()
             times = dict(zip(cases, timed, strict=True))
             row = {"dtype": dtype, "shape": name,
                    "us": {k: round(v * 1e6, 1) for k, v in times.items()},

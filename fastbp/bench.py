@@ -1,6 +1,6 @@
 """``fastbp bench``: the NumPy reference, the kernels and PyTorch (when installed), side by side.
 
-Every case is timed in one process with the backends interleaved (reference, kernel, torch,
+Every case is timed in one run with the backends interleaved (reference, kernel, torch,
 reference, kernel, torch, ...), so that a machine whose load changes hurts them alike; the
 printed time is the median over the repeats. A case is one forward and one backward through
 the layer object, as a user calls them, or one training step (SGD with in-place updates) of a
@@ -32,7 +32,9 @@ changed during the run), and a note when it averages more than that (the run was
 load). ``--blas-threads N`` runs every backend's BLAS on N threads (1 gives figures that
 move least with the load).
 
-PyTorch is optional: it is imported only here, inside functions, and only when installed.
+PyTorch is optional: it is imported only here, inside functions, and only when installed. It
+runs in a process of its own (:class:`PeerProcess`, whose docstring says why), its timed blocks
+interleaved with the others'.
 """
 
 import argparse
@@ -437,13 +439,21 @@ def time_interleaved(funcs, target=0.25, min_repeats=3, max_repeats=15, pause=0.
     samples = [[] for _ in funcs]
     for _ in range(repeats):
         for f, inner, out in zip(funcs, inners, samples, strict=True):
-            if pause:
-                warm_up(f, pause)
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                f()
-            out.append((time.perf_counter() - t0) / inner)
+            out.append(timed_block(f, inner, pause))
     return [float(np.median(s)) for s in samples]
+
+
+def timed_block(f, inner, pause=0.0):
+    """Seconds per call of ``inner`` calls of ``f``, after ``pause`` seconds of its untimed calls
+    (:func:`warm_up`); a :class:`PeerProcess` times them in its own process."""
+    if isinstance(f, PeerProcess):
+        return f.block(inner, pause)
+    if pause:
+        warm_up(f, pause)
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        f()
+    return (time.perf_counter() - t0) / inner
 
 
 def stream_bandwidth(n=1 << 24):
@@ -549,15 +559,105 @@ def _gemm_rate(size, dtype, rng):
 
 
 def _torch_available():
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether PyTorch is installed, without importing it here (see :class:`PeerProcess`)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
-def run_case(name, size_name, dtype, target, use_torch):
-    """Time one case; return a dict (the JSON record)."""
+def _torch_case_seeded(name, size, dtype):
+    """:func:`torch_case` with the generator a :class:`PeerProcess` can't be sent."""
+    import numpy as np
+
+    return torch_case(name, size, np.dtype(dtype), np.random.default_rng(0))
+
+
+def _peer_main(conn, factory, args, threads):
+    """The peer process's loop: build ``factory(*args)``, then run what the parent asks."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    f = globals()[factory](*args)
+    conn.send(("ready", None))
+    while True:
+        what, inner, pause = conn.recv()
+        if what == "close":
+            return
+        if pause:
+            warm_up(f, pause)
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            f()
+        conn.send(("done", (time.perf_counter() - t0) / inner))
+
+
+class PeerProcess:
+    """A benchmark function (``factory(*args)``, a function of this module: PyTorch's steps) that
+    runs in a process of its own, with its timed blocks timed there.
+
+    Why not in the benchmark's process: PyTorch and numba both load GNU OpenMP (``libgomp.so.1``)
+    and, in one process, share whichever loads first. Loaded by numba first, it has fastbp's
+    passive wait policy, and PyTorch's DeepConvNet step took 57-66 ms instead of 46-52 in
+    float32. Loaded by PyTorch first (``import torch`` before fastbp's first threaded kernel),
+    numba's workers spin after each parallel region, take the core a helper thread needs, and
+    make the load check see no idle core: fastbp's DeepConvNet step took 77-84 ms instead of
+    48-53. Each library is measured here as its users run it, alone in its process.
+
+    Calling the object runs one call in the peer. ``block(inner, pause)`` runs ``pause`` seconds
+    of untimed calls there, then ``inner`` timed ones, and returns the seconds per call: the
+    time of the round trip to the peer is not in it. ``threads``: PyTorch's thread count
+    (``None``: its default). Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, factory, *args, threads=None):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of ours loaded
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_peer_main, args=(child, factory, args, threads),
+                                 daemon=True)
+        self._proc.start()
+        child.close()
+        self._receive()
+
+    def _receive(self):
+        try:
+            _, value = self._conn.recv()
+        except EOFError:
+            self._proc.join(5)
+            raise RuntimeError(f"the benchmark's peer process died (exit code "
+                               f"{self._proc.exitcode})") from None
+        return value
+
+    def block(self, inner, pause=0.0):
+        self._conn.send(("block", inner, pause))
+        return self._receive()
+
+    def __call__(self):
+        self.block(1)
+
+    def close(self):
+        if self._proc.is_alive():
+            try:
+                self._conn.send(("close", 0, 0.0))
+            except (BrokenPipeError, OSError):
+                pass
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.kill()
+        self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def run_case(name, size_name, dtype, target, use_torch, torch_threads=None):
+    """Time one case; return a dict (the JSON record). PyTorch's twin (``use_torch``) runs in a
+    :class:`PeerProcess`, on ``torch_threads`` threads (``None``: its default)."""
     import numpy as np
 
     from fastbp import layers
@@ -576,16 +676,21 @@ def run_case(name, size_name, dtype, target, use_torch):
         else:
             funcs.append(_layer_case(name, module, size, dtype, rng))
         names.append(label)
-    if use_torch and name in ("simpleconv", "deepconv", "dropin"):
-        funcs.append(torch_convnet_step(name, size, dtype))
-        names.append("torch")
-    elif use_torch:
-        funcs.append(torch_case(name, size, dtype, np.random.default_rng(0)))
-        names.append("torch")
-    # BLAS products (Affine, the steps) and PyTorch leave threads spinning: pause between them
-    pause = SPIN_PAUSE if use_torch or name in PAUSED_CASES else 0.0
-    times = dict(zip(names, time_interleaved(funcs, target=target, max_repeats=9 if pause else 15,
-                                             pause=pause), strict=True))
+    with contextlib.ExitStack() as stack:
+        if use_torch:  # in a process of its own (PeerProcess)
+            if name in ("simpleconv", "deepconv", "dropin"):
+                peer = PeerProcess("torch_convnet_step", name, size, str(np.dtype(dtype)),
+                                   threads=torch_threads)
+            else:
+                peer = PeerProcess("_torch_case_seeded", name, size, str(np.dtype(dtype)),
+                                   threads=torch_threads)
+            funcs.append(stack.enter_context(peer))
+            names.append("torch")
+        # BLAS products (Affine, the steps) and PyTorch leave threads spinning: pause between
+        pause = SPIN_PAUSE if use_torch or name in PAUSED_CASES else 0.0
+        times = dict(zip(names, time_interleaved(funcs, target=target,
+                                                 max_repeats=9 if pause else 15, pause=pause),
+                         strict=True))
     record = {"case": name, "size": size_name, "shape": list(size), "dtype": str(dtype),
               "seconds": times, "ref/kernel": times["reference"] / times["kernel"]}
     if "torch" in times:
@@ -659,8 +764,9 @@ class _CpuClock:
 
     @staticmethod
     def _now():
-        t = os.times()
-        return time.perf_counter(), _busy_seconds(), t.user + t.system
+        t = os.times()  # with the PyTorch peers' (PeerProcess), once they have exited
+        return (time.perf_counter(), _busy_seconds(),
+                t.user + t.system + t.children_user + t.children_system)
 
     def mark(self):
         self._last = self._now()
@@ -723,19 +829,21 @@ def _blas_limits(threads):
     return threadpool_limits(limits=threads, user_api="blas")
 
 
-@contextlib.contextmanager
-def _torch_threads(threads, use_torch):
-    if threads is None or not use_torch:
-        yield
-        return
+def _torch_info(threads):
     import torch
 
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.__version__, torch.get_num_threads()
+
+
+def _torch_environment(threads):
+    """PyTorch's version and thread count (``threads``, or its default), asked in a process of
+    its own: PyTorch is never imported in the benchmark's process (:class:`PeerProcess`)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_torch_info, (threads,))
 
 
 def run(args):
@@ -778,7 +886,7 @@ def run(args):
               'install it with: pip install "fastbp[data]"', file=sys.stderr)
         return 2
     use_torch = not args.no_torch and _torch_available()
-    with limits, _torch_threads(blas_threads, use_torch):
+    with limits:
         return _run(args, sizes, cases, dtypes, use_torch, blas_threads)
 
 
@@ -811,9 +919,8 @@ def _run(args, sizes, cases, dtypes, use_torch, blas_threads):
     env["load_average_start"] = load_start
     env["torch"] = None
     if use_torch:
-        import torch
-
-        env["torch"] = {"version": torch.__version__, "threads": torch.get_num_threads()}
+        version, threads = _torch_environment(blas_threads)
+        env["torch"] = {"version": version, "threads": threads}
     if not args.json:
         torch_text = (f"{env['torch']['version']} ({env['torch']['threads']} threads)"
                       if use_torch else "(not installed or --no-torch)")
@@ -835,7 +942,8 @@ def _run(args, sizes, cases, dtypes, use_torch, blas_threads):
                 if size_name not in SIZES[name]:
                     continue
                 clock.mark()
-                record = run_case(name, size_name, np.dtype(dtype), args.target, use_torch)
+                record = run_case(name, size_name, np.dtype(dtype), args.target, use_torch,
+                                  torch_threads=blas_threads)
                 record["others_cores"] = clock.others()  # over the timing, not the roofline
                 rng = np.random.default_rng(0)
                 if name == "affine":

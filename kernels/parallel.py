@@ -267,9 +267,13 @@ def _start_thread_pool():
     thread it waits for (or a BLAS worker) needs: a 0.3 ms kernel took 10 ms on a loaded machine.
     ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep. libgomp reads it once, when it is
     loaded, which numba does on its first parallel call; the variable is set for that moment
-    only and then put back, so other OpenMP libraries loaded later (PyTorch's) keep their
-    defaults. Where numba's pool was already started, or the layer is not OpenMP, nothing
-    changes. Python threads that get here at once start the pool once, one after the other.
+    only and then put back. A library loaded later that links GNU OpenMP under the same name
+    (``libgomp.so.1``: PyTorch's wheels) shares that runtime and its passive policy (PyTorch's
+    DeepConvNet step took 57-66 ms instead of 46-52 in float32 here); one loaded earlier gives
+    numba its runtime with the default policy, whose spinning workers slowed fastbp's
+    DeepConvNet step from 48-53 to 77-84 ms (README, Threads). Where numba's pool was already
+    started, or the layer is not OpenMP, nothing changes. Python threads that get here at once
+    start the pool once, one after the other.
     """
     global _POOL_READY, _PARALLEL_UNAVAILABLE, _LAYER_LOCK
     from numba.np.ufunc import parallel as numba_parallel

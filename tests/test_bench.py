@@ -273,3 +273,38 @@ def test_busy_seconds_counts_our_own_work():
     spent = sum(os.times()[:2]) - own
     assert spent > 0.1
     assert bench._busy_seconds() - first >= spent - 0.05  # all CPUs' busy time includes ours
+
+
+def test_peer_process_times_blocks_in_a_process_of_its_own():
+    """PyTorch's steps run in a PeerProcess (here the reference's step stands in for one, so
+    that the test runs without PyTorch): its blocks are timed there and come back as seconds
+    per call, it takes its turn in time_interleaved, and close() ends the process."""
+    import numpy as np
+
+    local = bench.training_step("reference", (10, 8, 5, 3), "float64")
+    with bench.PeerProcess("training_step", "reference", (10, 8, 5, 3), "float64") as peer:
+        assert peer._proc.pid != os.getpid() and peer._proc.is_alive()
+        per_call = peer.block(3, 0.01)
+        assert 0 < per_call < 1
+        peer()  # one call
+        times = bench.time_interleaved([local, peer], target=0.0, min_repeats=2, max_repeats=2,
+                                       pause=0.01)
+        assert len(times) == 2 and all(0 < t < 1 for t in times)
+        assert np.isfinite(times).all()
+    assert not peer._proc.is_alive()
+
+
+def test_a_peer_that_fails_to_start_raises():
+    with pytest.raises(RuntimeError, match="peer process died"):
+        bench.PeerProcess("training_step", "no such backend", (10, 8, 5, 3), "float64")
+
+
+def test_checking_for_torch_does_not_import_it():
+    """PyTorch in the benchmark's process would share GNU OpenMP with numba (PeerProcess)."""
+    code = ("import sys, fastbp.bench as b; b._torch_available(); "
+            "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
