@@ -31,6 +31,42 @@ from .jit import kernel
 
 
 @kernel
+def _bt(d0, d1, d2, d3):
+    """``B^T`` times the column (d0, d1, d2, d3)."""
+    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
+@kernel
+def _b(v0, v1, v2, v3):
+    """``B`` times the column (v0, v1, v2, v3): the adjoint of :func:`_bt`."""
+    return v0, v1 - v2 + v3, v1 + v2 - v0, -v3
+
+
+@kernel
+def _at(m0, m1, m2, m3):
+    """``A^T`` times the column (m0, m1, m2, m3)."""
+    return m0 + m1 + m2, m1 - m2 - m3
+
+
+@kernel
+def _a(g0, g1):
+    """``A`` times the column (g0, g1): the adjoint of :func:`_at`."""
+    return g0, g0 + g1, g0 - g1, -g1
+
+
+@kernel
+def _g(g0, g1, g2, half):
+    """``G`` times the column (g0, g1, g2); ``half`` is 0.5 in the dtype."""
+    return g0, half * (g0 + g1 + g2), half * (g0 - g1 + g2), g2
+
+
+@kernel
+def _gt(u0, u1, u2, u3, half):
+    """``G^T`` times the column (u0, u1, u2, u3): the adjoint of :func:`_g`."""
+    return u0 + half * (u1 + u2), half * (u1 - u2), half * (u1 + u2) + u3
+
+
+@kernel
 def _plane_into(src, pad, scratch):
     """Zero ``scratch`` (H2, W2) and copy the plane ``src`` (H, W) into it at (pad, pad)."""
     zero = scratch.dtype.type(0)
@@ -64,44 +100,19 @@ def transform_input(x, pad, th, tw, cols, V):
                 r1 = scratch[2 * i + 1]
                 r2 = scratch[2 * i + 2]
                 r3 = scratch[2 * i + 3]
-                row = base + i * tw
                 for j in range(tw):
                     y = 2 * j
-                    # B^T d: the rows d0 - d2, d1 + d2, d2 - d1, d1 - d3, column by column
-                    a0 = r0[y] - r2[y]
-                    a1 = r0[y + 1] - r2[y + 1]
-                    a2 = r0[y + 2] - r2[y + 2]
-                    a3 = r0[y + 3] - r2[y + 3]
-                    b0 = r1[y] + r2[y]
-                    b1 = r1[y + 1] + r2[y + 1]
-                    b2 = r1[y + 2] + r2[y + 2]
-                    b3 = r1[y + 3] + r2[y + 3]
-                    e0 = r2[y] - r1[y]
-                    e1 = r2[y + 1] - r1[y + 1]
-                    e2 = r2[y + 2] - r1[y + 2]
-                    e3 = r2[y + 3] - r1[y + 3]
-                    f0 = r1[y] - r3[y]
-                    f1 = r1[y + 1] - r3[y + 1]
-                    f2 = r1[y + 2] - r3[y + 2]
-                    f3 = r1[y + 3] - r3[y + 3]
-                    q = row + j
-                    # then (.) B: the same combinations of the columns
-                    V[0, q] = a0 - a2
-                    V[1, q] = a1 + a2
-                    V[2, q] = a2 - a1
-                    V[3, q] = a1 - a3
-                    V[4, q] = b0 - b2
-                    V[5, q] = b1 + b2
-                    V[6, q] = b2 - b1
-                    V[7, q] = b1 - b3
-                    V[8, q] = e0 - e2
-                    V[9, q] = e1 + e2
-                    V[10, q] = e2 - e1
-                    V[11, q] = e1 - e3
-                    V[12, q] = f0 - f2
-                    V[13, q] = f1 + f2
-                    V[14, q] = f2 - f1
-                    V[15, q] = f1 - f3
+                    q = base + i * tw + j
+                    # B^T d, a column at a time: (a, b, e, f) are its rows
+                    a0, b0, e0, f0 = _bt(r0[y], r1[y], r2[y], r3[y])
+                    a1, b1, e1, f1 = _bt(r0[y + 1], r1[y + 1], r2[y + 1], r3[y + 1])
+                    a2, b2, e2, f2 = _bt(r0[y + 2], r1[y + 2], r2[y + 2], r3[y + 2])
+                    a3, b3, e3, f3 = _bt(r0[y + 3], r1[y + 3], r2[y + 3], r3[y + 3])
+                    # then (.) B: each row times B
+                    V[0, q], V[1, q], V[2, q], V[3, q] = _bt(a0, a1, a2, a3)
+                    V[4, q], V[5, q], V[6, q], V[7, q] = _bt(b0, b1, b2, b3)
+                    V[8, q], V[9, q], V[10, q], V[11, q] = _bt(e0, e1, e2, e3)
+                    V[12, q], V[13, q], V[14, q], V[15, q] = _bt(f0, f1, f2, f3)
 
 
 @kernel
@@ -122,30 +133,21 @@ def transform_output(M, cols, th, tw, b, out):
                 two_rows = y + 1 < oh
                 for j in range(tw):
                     q = base + i * tw + j
-                    # A^T m: the rows m0 + m1 + m2 and m1 - m2 - m3, column by column
-                    s0 = M[0, q] + M[4, q] + M[8, q]
-                    s1 = M[1, q] + M[5, q] + M[9, q]
-                    s2 = M[2, q] + M[6, q] + M[10, q]
-                    s3 = M[3, q] + M[7, q] + M[11, q]
-                    u0 = M[4, q] - M[8, q] - M[12, q]
-                    u1 = M[5, q] - M[9, q] - M[13, q]
-                    u2 = M[6, q] - M[10, q] - M[14, q]
-                    u3 = M[7, q] - M[11, q] - M[15, q]
+                    # A^T m, a column at a time: (s, u) are its rows
+                    s0, u0 = _at(M[0, q], M[4, q], M[8, q], M[12, q])
+                    s1, u1 = _at(M[1, q], M[5, q], M[9, q], M[13, q])
+                    s2, u2 = _at(M[2, q], M[6, q], M[10, q], M[14, q])
+                    s3, u3 = _at(M[3, q], M[7, q], M[11, q], M[15, q])
                     x = 2 * j
-                    v = bias + (s0 + s1 + s2)
-                    plane[y, x] = v
-                    total += v
-                    if x + 1 < ow:
-                        v = bias + (s1 - s2 - s3)
-                        plane[y, x + 1] = v
+                    two_cols = x + 1 < ow
+                    for r in range(2 if two_rows else 1):  # then (.) A, and the bias
+                        left, right = _at(s0, s1, s2, s3) if r == 0 else _at(u0, u1, u2, u3)
+                        v = bias + left
+                        plane[y + r, x] = v
                         total += v
-                    if two_rows:
-                        v = bias + (u0 + u1 + u2)
-                        plane[y + 1, x] = v
-                        total += v
-                        if x + 1 < ow:
-                            v = bias + (u1 - u2 - u3)
-                            plane[y + 1, x + 1] = v
+                        if two_cols:
+                            v = bias + right
+                            plane[y + r, x + 1] = v
                             total += v
     return total
 
@@ -178,32 +180,14 @@ def transform_output_grad(dout, th, tw, cols, dM, db):
                     g01 = plane[y, x + 1] if two_cols else zero
                     g10 = plane[y + 1, x] if two_rows else zero
                     g11 = plane[y + 1, x + 1] if two_rows and two_cols else zero
-                    # A g: the rows g0, g0 + g1, g0 - g1, -g1; then (.) A^T on the columns
-                    h0 = g00
-                    h1 = g01
-                    k0 = g00 + g10
-                    k1 = g01 + g11
-                    l0 = g00 - g10
-                    l1 = g01 - g11
-                    m0 = -g10
-                    m1 = -g11
+                    # A g, a column at a time: (h, k, l, m) are its rows; then (.) A^T
+                    h0, k0, l0, m0 = _a(g00, g10)
+                    h1, k1, l1, m1 = _a(g01, g11)
                     q = base + i * tw + j
-                    dM[0, q] = h0
-                    dM[1, q] = h0 + h1
-                    dM[2, q] = h0 - h1
-                    dM[3, q] = -h1
-                    dM[4, q] = k0
-                    dM[5, q] = k0 + k1
-                    dM[6, q] = k0 - k1
-                    dM[7, q] = -k1
-                    dM[8, q] = l0
-                    dM[9, q] = l0 + l1
-                    dM[10, q] = l0 - l1
-                    dM[11, q] = -l1
-                    dM[12, q] = m0
-                    dM[13, q] = m0 + m1
-                    dM[14, q] = m0 - m1
-                    dM[15, q] = -m1
+                    dM[0, q], dM[1, q], dM[2, q], dM[3, q] = _a(h0, h1)
+                    dM[4, q], dM[5, q], dM[6, q], dM[7, q] = _a(k0, k1)
+                    dM[8, q], dM[9, q], dM[10, q], dM[11, q] = _a(l0, l1)
+                    dM[12, q], dM[13, q], dM[14, q], dM[15, q] = _a(m0, m1)
 
 
 @kernel
@@ -224,47 +208,22 @@ def transform_input_grad(dV, cols, th, tw, pad, dx):
                     scratch[i, j] = zero
             base = c * cols + n * t_img
             for i in range(th):
-                r0 = scratch[2 * i]
-                r1 = scratch[2 * i + 1]
-                r2 = scratch[2 * i + 2]
-                r3 = scratch[2 * i + 3]
                 for j in range(tw):
                     q = base + i * tw + j
-                    # B dv: the rows v0, v1 - v2 + v3, v1 + v2 - v0, -v3 (v_a: row a of dv)
-                    a0 = dV[0, q]
-                    a1 = dV[1, q]
-                    a2 = dV[2, q]
-                    a3 = dV[3, q]
-                    b0 = dV[4, q] - dV[8, q] + dV[12, q]
-                    b1 = dV[5, q] - dV[9, q] + dV[13, q]
-                    b2 = dV[6, q] - dV[10, q] + dV[14, q]
-                    b3 = dV[7, q] - dV[11, q] + dV[15, q]
-                    e0 = dV[4, q] + dV[8, q] - dV[0, q]
-                    e1 = dV[5, q] + dV[9, q] - dV[1, q]
-                    e2 = dV[6, q] + dV[10, q] - dV[2, q]
-                    e3 = dV[7, q] + dV[11, q] - dV[3, q]
-                    f0 = -dV[12, q]
-                    f1 = -dV[13, q]
-                    f2 = -dV[14, q]
-                    f3 = -dV[15, q]
+                    # B dv, a column at a time
+                    by_column = (_b(dV[0, q], dV[4, q], dV[8, q], dV[12, q]),
+                                 _b(dV[1, q], dV[5, q], dV[9, q], dV[13, q]),
+                                 _b(dV[2, q], dV[6, q], dV[10, q], dV[14, q]),
+                                 _b(dV[3, q], dV[7, q], dV[11, q], dV[15, q]))
                     y = 2 * j
-                    # then (.) B^T: the same combinations of the columns
-                    r0[y] += a0
-                    r0[y + 1] += a1 - a2 + a3
-                    r0[y + 2] += a1 + a2 - a0
-                    r0[y + 3] -= a3
-                    r1[y] += b0
-                    r1[y + 1] += b1 - b2 + b3
-                    r1[y + 2] += b1 + b2 - b0
-                    r1[y + 3] -= b3
-                    r2[y] += e0
-                    r2[y + 1] += e1 - e2 + e3
-                    r2[y + 2] += e1 + e2 - e0
-                    r2[y + 3] -= e3
-                    r3[y] += f0
-                    r3[y + 1] += f1 - f2 + f3
-                    r3[y + 2] += f1 + f2 - f0
-                    r3[y + 3] -= f3
+                    for r in range(4):  # then (.) B^T, a row at a time, added at its place
+                        e = _b(by_column[0][r], by_column[1][r], by_column[2][r],
+                               by_column[3][r])
+                        dst = scratch[2 * i + r]
+                        dst[y] += e[0]
+                        dst[y + 1] += e[1]
+                        dst[y + 2] += e[2]
+                        dst[y + 3] += e[3]
             plane = dx[n, c]
             for i in range(h):
                 src = scratch[pad + i, pad:pad + w]
@@ -281,28 +240,16 @@ def filter_transform(W, U):
     ``g = W[f, c]`` of ``W`` (FN, C, 3, 3). Writes ``U`` (16, FN, C)."""
     fn, c_count = W.shape[0], W.shape[1]
     half = W.dtype.type(0.5)
+    rows = np.empty((4, 3), dtype=W.dtype)  # G g: row r, column c
     for f in range(fn):
         for c in range(c_count):
             g = W[f, c]
-            # G g: the rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2, column by column
-            for r in range(4):
-                if r == 0:
-                    a0, a1, a2 = g[0, 0], g[0, 1], g[0, 2]
-                elif r == 1:
-                    a0 = half * (g[0, 0] + g[1, 0] + g[2, 0])
-                    a1 = half * (g[0, 1] + g[1, 1] + g[2, 1])
-                    a2 = half * (g[0, 2] + g[1, 2] + g[2, 2])
-                elif r == 2:
-                    a0 = half * (g[0, 0] - g[1, 0] + g[2, 0])
-                    a1 = half * (g[0, 1] - g[1, 1] + g[2, 1])
-                    a2 = half * (g[0, 2] - g[1, 2] + g[2, 2])
-                else:
-                    a0, a1, a2 = g[2, 0], g[2, 1], g[2, 2]
-                # then (.) G^T: the same combinations of the row's three elements
-                U[4 * r, f, c] = a0
-                U[4 * r + 1, f, c] = half * (a0 + a1 + a2)
-                U[4 * r + 2, f, c] = half * (a0 - a1 + a2)
-                U[4 * r + 3, f, c] = a2
+            for col in range(3):  # G g, a column at a time
+                rows[0, col], rows[1, col], rows[2, col], rows[3, col] = _g(
+                    g[0, col], g[1, col], g[2, col], half)
+            for r in range(4):  # then (.) G^T
+                U[4 * r, f, c], U[4 * r + 1, f, c], U[4 * r + 2, f, c], U[4 * r + 3, f, c] = _g(
+                    rows[r, 0], rows[r, 1], rows[r, 2], half)
 
 
 @kernel
@@ -311,21 +258,14 @@ def filter_transform_grad(dU, dW):
     ``du = dU[:, f, c]``. Writes ``dW`` (FN, C, 3, 3)."""
     fn, c_count = dW.shape[0], dW.shape[1]
     half = dW.dtype.type(0.5)
+    rows = np.empty((4, 3), dtype=dW.dtype)  # du G: row r, column c
     for f in range(fn):
         for c in range(c_count):
             out = dW[f, c]
-            # (.) G on each row of du: (u0 + (u1 + u2) / 2, (u1 - u2) / 2, (u1 + u2) / 2 + u3)
-            h = np.empty((4, 3), dtype=dW.dtype)
-            for r in range(4):
-                u0 = dU[4 * r, f, c]
-                u1 = dU[4 * r + 1, f, c]
-                u2 = dU[4 * r + 2, f, c]
-                u3 = dU[4 * r + 3, f, c]
-                h[r, 0] = u0 + half * (u1 + u2)
-                h[r, 1] = half * (u1 - u2)
-                h[r, 2] = half * (u1 + u2) + u3
-            # then G^T (.): the same combinations of the rows
-            for j in range(3):
-                out[0, j] = h[0, j] + half * (h[1, j] + h[2, j])
-                out[1, j] = half * (h[1, j] - h[2, j])
-                out[2, j] = half * (h[1, j] + h[2, j]) + h[3, j]
+            for r in range(4):  # (.) G on each row of du
+                rows[r, 0], rows[r, 1], rows[r, 2] = _gt(
+                    dU[4 * r, f, c], dU[4 * r + 1, f, c], dU[4 * r + 2, f, c],
+                    dU[4 * r + 3, f, c], half)
+            for col in range(3):  # then G^T (.)
+                out[0, col], out[1, col], out[2, col] = _gt(
+                    rows[0, col], rows[1, col], rows[2, col], rows[3, col], half)

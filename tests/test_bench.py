@@ -135,8 +135,12 @@ def test_time_interleaved_times_each_function_over_a_block_not_one_call(monkeypa
 
 
 def test_bench_module_imports_no_torch():
-    """The subcommand's module stays light: no torch (nor numpy) at import."""
+    """The subcommand's module stays light: no torch (nor numpy) at import. Nor does checking
+    whether PyTorch is installed import it: in the benchmark's process it would share GNU OpenMP
+    with numba (PeerProcess)."""
     code = ("import sys, fastbp.bench; "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "fastbp.bench._torch_available(); "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
     import subprocess
 
@@ -298,13 +302,3 @@ def test_a_peer_that_fails_to_start_raises():
     with pytest.raises(RuntimeError, match="peer process died"):
         bench.PeerProcess("training_step", "no such backend", (10, 8, 5, 3), "float64")
 
-
-def test_checking_for_torch_does_not_import_it():
-    """PyTorch in the benchmark's process would share GNU OpenMP with numba (PeerProcess)."""
-    code = ("import sys, fastbp.bench as b; b._torch_available(); "
-            "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
-    import subprocess
-
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
-    assert out.stdout.strip() == "ok", out.stderr

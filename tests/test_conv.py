@@ -293,6 +293,11 @@ def test_bit_identical_at_every_thread_count(stride, dtype, monkeypatch):
         assert (layer._direct is not None) == (stride == 1)
         return [a.tobytes() for a in (out, layer.backward(dout), layer.dW, layer.db)]
 
+    _same_bits_at_every_thread_count(run)
+
+
+def _same_bits_at_every_thread_count(run):
+    """``run()`` (a list of bytes) gives the same at 1, 2, 3 and numba's full thread count."""
     with threads.threads(1):
         expected = run()
     for n in sorted({2, 3, threads.numba.config.NUMBA_NUM_THREADS}):
@@ -301,7 +306,7 @@ def test_bit_identical_at_every_thread_count(stride, dtype, monkeypatch):
                 assert run() == expected
 
 
-# --- the two paths: direct correlation (stride 1, few taps) and column matrices -----------------
+# --- the paths: direct correlation (stride 1, few taps), column matrices, Winograd (3x3) ---------
 
 STRIDE_ONE = [g for g in GEOMETRIES if g[2] == 1] + [((3, 16, 9, 8), (5, 16, 3, 3), 1, 2)]
 
@@ -337,6 +342,19 @@ def test_the_paths_agree_with_reference(geometry, dtype, path, build):
     agree(x, W, b, stride, pad, dtype)
 
 
+def _special_values_agree(x, W, b, pad, dout):
+    """Forward and backward at stride 1 on both backends: the same NaN and inf everywhere."""
+    results = []
+    for module in BACKENDS.values():
+        layer = module.Convolution(W, b, 1, pad)
+        with np.errstate(invalid="ignore"):
+            out = layer.forward(x)
+            dx = layer.backward(dout)
+        results.append((out, dx, layer.dW, layer.db))
+    for got, want in zip(*results, strict=True):
+        _nan_pattern_agrees(got, want)
+
+
 def _nan_pattern_agrees(got, want):
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
@@ -364,15 +382,7 @@ def test_non_finite_values_at_the_borders_spread_as_in_the_reference(where, pad,
     else:
         dout[0, 1, 3, 0] = np.inf
         dout[1, 2, oh - 1, ow - 1] = np.nan
-    results = []
-    for module in BACKENDS.values():
-        layer = module.Convolution(W, b, 1, pad)
-        with np.errstate(invalid="ignore"):
-            out = layer.forward(x)
-            dx = layer.backward(dout)
-        results.append((out, dx, layer.dW, layer.db))
-    for got, want in zip(*results, strict=True):
-        _nan_pattern_agrees(got, want)
+    _special_values_agree(x, W, b, pad, dout)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -718,12 +728,7 @@ def test_winograd_bit_identical_at_every_thread_count(dtype, monkeypatch):
         assert layer._winograd
         return [a.tobytes() for a in (out, layer.backward(dout), layer.dW, layer.db)]
 
-    with threads.threads(1):
-        expected = run()
-    for n in sorted({2, 3, threads.numba.config.NUMBA_NUM_THREADS}):
-        if n <= threads.numba.config.NUMBA_NUM_THREADS:
-            with threads.threads(n):
-                assert run() == expected
+    _same_bits_at_every_thread_count(run)
 
 
 def test_winograd_chunk_sizes_agree(monkeypatch):
@@ -748,15 +753,7 @@ def test_winograd_leaves_non_finite_values_to_the_direct_kernels(where):
     else:
         dout[0, 1, 3, 0] = np.inf
         dout[1, 2, 6, 5] = np.nan
-    results = []
-    for module in BACKENDS.values():
-        layer = module.Convolution(W, b, 1, pad)
-        with np.errstate(invalid="ignore"):
-            out = layer.forward(x)
-            dx = layer.backward(dout)
-        results.append((out, dx, layer.dW, layer.db))
-    for got, want in zip(*results, strict=True):
-        _nan_pattern_agrees(got, want)
+    _special_values_agree(x, W, b, pad, dout)
 
 
 def test_winograd_overflow_falls_back_to_the_direct_kernels():
