@@ -261,9 +261,10 @@ class Convolution:
     (DeepConvNet's layers after the first) run Winograd's F(2x2, 3x3) algorithm: kernels
     transform a chunk of images (:mod:`fastbp.kernels.winograd`), 16 BLAS products sum over the
     channels, and a kernel transforms back; a pass whose results are not all finite runs again
-    on the direct path. Other filters at stride 1 with at most :data:`DIRECT_MAX_TAPS` taps per
-    filter (``C * FH * FW``; SimpleConvNet's), kernels correlate the padded images directly,
-    with no column matrix (:func:`fastbp.kernels.conv.correlate` and its backward passes).
+    without it (docs/numerics.md, Convolution). Other filters at stride 1 with at most
+    :data:`DIRECT_MAX_TAPS` taps per filter (``C * FH * FW``; SimpleConvNet's): kernels
+    correlate the padded images directly, with no column matrix
+    (:func:`fastbp.kernels.conv.correlate` and its backward passes).
     Otherwise a kernel copies
     the windows of each image into a (C * FH * FW + 1, OH * OW) matrix with a row of ones, a
     few images at a time, and BLAS multiplies ``[W | b]`` by them while they are in cache: the
@@ -386,7 +387,8 @@ class Convolution:
                 self.dW = v.as_result(dW, out_dtype)
                 self.db = v.as_result(db, out_dtype)
                 return None if dx is None else v.as_result(dx, out_dtype)
-            # an inf or a NaN in dout or W (or an overflow): the direct path's exact semantics
+            # an inf or a NaN in dout or W (or an overflow): the direct kernels' semantics (at
+            # any tap count; the forward pass fell back to the columns above DIRECT_MAX_TAPS)
             xp = _padded(self.x, pad)
             taps = np.empty(c * fh * fw, dtype=np.intp)
             conv.tap_offsets(c, fh, fw, xp.shape[2], xp.shape[3], taps)

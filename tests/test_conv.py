@@ -738,12 +738,15 @@ def test_winograd_chunk_sizes_agree(monkeypatch):
         agree(x, W, b, 1, pad, np.float64)
 
 
+@pytest.mark.parametrize("channels", [8, 67], ids=["direct", "columns"])
 @pytest.mark.parametrize("where", ["x", "W", "dout"])
-def test_winograd_leaves_non_finite_values_to_the_direct_kernels(where):
+def test_winograd_leaves_non_finite_values_to_the_other_paths(where, channels):
     """Winograd's transforms mix a tile's elements: an inf would reach outputs whose windows do
-    not hold it. A result that is not finite is computed again by the direct kernels, so
-    special values reach exactly the sums they reach in the reference."""
-    x, W, b, pad = _winograd_data(((2, 8, 7, 6), (8, 8, 3, 3), 1), np.float64, seed=5)
+    not hold it. A result that is not finite is computed again without Winograd (forward: the
+    direct path, or the columns above 600 taps; backward: the direct kernels), so special
+    values reach exactly the sums they reach in the reference."""
+    x, W, b, pad = _winograd_data(((2, channels, 7, 6), (8, channels, 3, 3), 1), np.float64,
+                                  seed=5)
     dout = np.random.default_rng(6).standard_normal((2, 8, 7, 6))
     if where == "x":
         x[0, 1, 2, 0] = np.inf
