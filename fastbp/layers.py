@@ -8,6 +8,7 @@ attribute names. :mod:`fastbp.reference.layers` holds the same classes in plain 
 """
 
 import numbers
+import time
 
 import numpy as np
 
@@ -493,7 +494,22 @@ def _over_images(images, n, size, flops_per_image):
     runs it, so the results do not depend on the thread count. Products of at least
     :data:`IMAGE_PRODUCT_FLOPS` run one image at a time instead, on BLAS threads for the idle
     cores (:class:`fastbp.threads.ProductThreads`).
+
+    Like a threaded kernel's, a run of 1 ms or more is a long call
+    (:data:`fastbp.kernels.parallel.LONG_CALL_SECONDS`): the products that follow it within
+    :data:`fastbp.threads.KERNELS_BUSY_SECONDS` leave the cores to the next kernels. (Without
+    it, DeepConvNet's Winograd layers, whose kernels run here, let its Affine products wake
+    BLAS's worker, which then spun on the next step's kernels' core: every other step ran
+    1.5x slower.)
     """
+    started = time.perf_counter()
+    try:
+        _run_over_images(images, n, size, flops_per_image)
+    finally:
+        parallel._note_long_call(started)
+
+
+def _run_over_images(images, n, size, flops_per_image):
     big = flops_per_image >= IMAGE_PRODUCT_FLOPS
     count = 1 if big else min(n, parallel.threads_for(size))
     with ProductThreads(flops_per_image, most=None if big else 1):

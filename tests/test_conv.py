@@ -812,3 +812,21 @@ def test_fastbp_verify_covers_the_winograd_path():
     layer = case.candidate(lambda a: np.array(a, dtype=np.float64))
     layer.forward(*case.inputs)
     assert layer._winograd
+
+
+@pytest.mark.skipif(threads.numba.config.NUMBA_NUM_THREADS < 2, reason="one thread: no long calls")
+@pytest.mark.parametrize("stride", [1, 2], ids=["winograd", "columns"])
+def test_a_convolution_on_helper_threads_is_a_long_kernel_call(stride, monkeypatch):
+    """Winograd's and the columns' kernels run from Python threads, not as threaded kernels:
+    their runs count as long calls too, so that the products after them leave the cores to the
+    next kernels (BLAS's worker spinning on them made every other DeepConvNet step 1.5x slower)."""
+    monkeypatch.setattr(parallel, "LONG_CALL_SECONDS", 0.0)
+    x, W, b, pad = _winograd_data(((2, 8, 6, 6), (8, 8, 3, 3), 1), np.float64)
+    layer = layers.Convolution(W, b, stride, pad)
+    assert parallel.seconds_since_long_call() == float("inf")
+    out = layer.forward(x)
+    assert _path_taken(layer) == ("winograd" if stride == 1 else "columns")
+    assert parallel.seconds_since_long_call() < 60
+    parallel._reset()
+    layer.backward(np.ones_like(out))
+    assert parallel.seconds_since_long_call() < 60
