@@ -584,12 +584,7 @@ def _peer_main(conn, factory, args, threads):
         what, inner, pause = conn.recv()
         if what == "close":
             return
-        if pause:
-            warm_up(f, pause)
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            f()
-        conn.send(("done", (time.perf_counter() - t0) / inner))
+        conn.send(("done", timed_block(f, inner, pause)))
 
 
 class PeerProcess:
@@ -678,13 +673,11 @@ def run_case(name, size_name, dtype, target, use_torch, torch_threads=None):
         names.append(label)
     with contextlib.ExitStack() as stack:
         if use_torch:  # in a process of its own (PeerProcess)
-            if name in ("simpleconv", "deepconv", "dropin"):
-                peer = PeerProcess("torch_convnet_step", name, size, str(np.dtype(dtype)),
-                                   threads=torch_threads)
-            else:
-                peer = PeerProcess("_torch_case_seeded", name, size, str(np.dtype(dtype)),
-                                   threads=torch_threads)
-            funcs.append(stack.enter_context(peer))
+            factory = ("torch_convnet_step" if name in ("simpleconv", "deepconv", "dropin")
+                       else "_torch_case_seeded")
+            funcs.append(stack.enter_context(PeerProcess(factory, name, size,
+                                                         str(np.dtype(dtype)),
+                                                         threads=torch_threads)))
             names.append("torch")
         # BLAS products (Affine, the steps) and PyTorch leave threads spinning: pause between
         pause = SPIN_PAUSE if use_torch or name in PAUSED_CASES else 0.0

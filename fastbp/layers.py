@@ -390,10 +390,7 @@ class Convolution:
                 return None if dx is None else v.as_result(dx, out_dtype)
             # an inf or a NaN in dout or W (or an overflow): the direct kernels' semantics (at
             # any tap count; the forward pass fell back to the columns above DIRECT_MAX_TAPS)
-            xp = _padded(self.x, pad)
-            taps = np.empty(c * fh * fw, dtype=np.intp)
-            conv.tap_offsets(c, fh, fw, xp.shape[2], xp.shape[3], taps)
-            self._direct, self._winograd = (xp, taps), False
+            self._enter_direct(self.x, self._W2, w_shape, pad, oh, ow, self._out_dtype)
         if self._direct is not None:
             return self._backward_direct(dout, W, out_dtype, work)
         d = np.asarray(dout, dtype=work, order="C").reshape(n, fn, p)
@@ -549,7 +546,7 @@ class _WinogradPlan:
     def __init__(self, x_shape, w_shape, pad, dtype):
         n, self.c, h, w = x_shape
         self.fn = w_shape[0]
-        self.pad, self.dtype = pad, np.dtype(dtype)
+        self.dtype = np.dtype(dtype)
         self.th, self.tw = (h + 2 * pad - 1) // 2, (w + 2 * pad - 1) // 2
         self.tiles = self.th * self.tw
         rows = 16 * max(self.c, self.fn) * self.tiles * self.dtype.itemsize

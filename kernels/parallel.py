@@ -327,8 +327,10 @@ def threads_for(size):
 LONG_CALL_SECONDS = 1e-3
 """A :func:`sized` kernel call on an input large enough for the threaded builds that lasts at
 least this long (serial or threaded) is a *long call*: kernels that want the cores are at work
-(:func:`seconds_since_long_call`). A convolution's kernels at the book's batch take 1-10 ms; an
-element-wise kernel on a million elements well under 1 ms."""
+(:func:`seconds_since_long_call`). So is a convolution's run of kernels over images on fastbp's
+helper threads that lasts as long (``fastbp.layers._over_images``: the Winograd and column
+paths). A convolution's kernels at the book's batch take 1-10 ms; an element-wise kernel on a
+million elements well under 1 ms."""
 
 
 def seconds_since_long_call():
