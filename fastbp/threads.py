@@ -265,7 +265,7 @@ _helpers_lock = threading.Lock()
 
 def helper_pool():
     """fastbp's helper threads (a ``ThreadPoolExecutor`` of ``os.cpu_count()`` threads, started
-    at the first use): Convolution's image ranges and :func:`product`'s row blocks run on them.
+    at the first use): Convolution's image ranges and :func:`product`'s blocks run on them.
     They wait without spinning. Only fastbp's own short tasks run there, and none of them waits
     for another, so a full pool only delays a task, and never deadlocks."""
     global _helpers
@@ -288,7 +288,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def _split_parts(flops, rows):
-    """How many row blocks :func:`product` splits a product into (1: not split)."""
+    """How many blocks :func:`product` splits a product into (1: not split); ``rows``: the
+    length of the axis it splits."""
     if (flops < SPLIT_MIN_FLOPS or rows < 2 or not parallel.ADAPT_TO_LOAD
             or parallel.count_fixed() or not _kernels_busy()):
         return 1
@@ -312,31 +313,47 @@ def product(a, b, out):
 
     Mostly it is the product under :class:`ProductThreads`. The exception: a product of at least
     :data:`SPLIT_MIN_FLOPS` that starts within :data:`KERNELS_BUSY_SECONDS` of the end of a long
-    kernel call, while a core is idle, is split into row blocks, one per idle core plus the
+    kernel call, while a core is idle, is split into blocks, one per idle core plus the
     caller's (never more than your BLAS count), each computed by one BLAS thread, the caller
-    taking the first block and :func:`helper_pool` the others. OpenBLAS's own workers would
-    spin for 50-100 ms after the product and keep the threaded kernels that follow serial; the
-    helpers do not. Each element is still one BLAS call's dot product over all of ``k``; its
-    last bits may depend on the block it falls in, as they may on BLAS's thread count.
+    taking the first block and :func:`helper_pool` the others. Blocks of rows, or of columns
+    where ``out`` is wider than it is tall (SimpleConvNet's ``dx = dout @ W.T``, 100 x 4320:
+    0.97-1.06 ms in two column blocks against 1.18-1.21 ms in two row blocks in float64,
+    0.57 against 0.70 ms in float32). OpenBLAS's own workers would spin for 50-100 ms after
+    the product and keep the threaded kernels that follow serial; the helpers do not. Each
+    element is still one BLAS call's dot product over all of ``k``; its last bits may depend
+    on the block it falls in, as they may on BLAS's thread count.
     """
-    m = a.shape[0]
-    flops = 2 * m * a.shape[1] * b.shape[1]
-    parts = _split_parts(flops, m)
+    m, n = a.shape[0], b.shape[1]
+    flops = 2 * m * a.shape[1] * n
+    parts = _split_parts(flops, max(m, n))
     if parts < 2:
         with ProductThreads(flops):
             np.dot(a, b, out=out)
         return out
-    bounds = [m * i // parts for i in range(parts + 1)]
+    if m >= n:
+        blocks = [(a[lo:hi], b, out[lo:hi]) for lo, hi in _bounds(m, parts)]
+    else:  # column blocks: views of ``out`` with its row stride, which matmul writes in place
+        blocks = [(a, b[:, lo:hi], out[:, lo:hi]) for lo, hi in _bounds(n, parts)]
     with ProductThreads(flops, most=1):
         pool = helper_pool()
-        futures = [pool.submit(np.dot, a[lo:hi], b, out[lo:hi])
-                   for lo, hi in itertools.pairwise(bounds[1:])]
+        futures = [pool.submit(_block_product, *block) for block in blocks[1:]]
         try:
-            np.dot(a[:bounds[1]], b, out=out[:bounds[1]])
+            _block_product(*blocks[0])
         finally:
             for f in futures:
                 f.result()
     return out
+
+
+def _bounds(size, parts):
+    """``parts`` contiguous (lo, hi) ranges covering ``range(size)``."""
+    return itertools.pairwise([size * i // parts for i in range(parts + 1)])
+
+
+def _block_product(a, b, out):
+    """``out[...] = a @ b`` in one BLAS call (``out`` may be a strided block of a larger
+    array: ``np.matmul`` writes it in place)."""
+    np.matmul(a, b, out=out)
 
 
 class ProductThreads:

@@ -274,16 +274,18 @@ def test_an_inf_in_one_block_of_filters_stays_out_of_the_next(path):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("stride", [2, 1], ids=["columns", "direct"])
-def test_bit_identical_at_every_thread_count(stride, dtype, monkeypatch):
+@pytest.mark.parametrize(("stride", "channels"), [(2, 3), (1, 3), (1, 1)],
+                         ids=["columns", "direct", "direct-one-channel"])
+def test_bit_identical_at_every_thread_count(stride, channels, dtype, monkeypatch):
     """Columns (stride 2): images are split over threads; each image's products are
     single-threaded and dW, db are summed image by image in order. Direct (stride 1): images,
-    or blocks of filters, are split over threads, each thread owning whole outputs. Either
+    or blocks of filters, are split over threads, each thread owning whole outputs (with one
+    channel, dx's per-image products run on one BLAS thread, as the columns path's). Either
     way the split never changes a bit."""
     monkeypatch.setattr(parallel, "PARALLEL_MIN_ELEMENTS", 0)
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((13, 3, 12, 11)).astype(dtype)
-    W = rng.standard_normal((6, 3, 3, 4)).astype(dtype)
+    x = rng.standard_normal((13, channels, 12, 11)).astype(dtype)
+    W = rng.standard_normal((6, channels, 3, 4)).astype(dtype)
     b = rng.standard_normal(6).astype(dtype)
     dout = rng.standard_normal((13, 6, 12 // stride, 10 // stride)).astype(dtype)
 
@@ -362,23 +364,26 @@ def _nan_pattern_agrees(got, want):
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("channels", [2, 1])
 @pytest.mark.parametrize("where", ["x", "W", "dout"])
 @pytest.mark.parametrize("pad", [0, 1])
-def test_non_finite_values_at_the_borders_spread_as_in_the_reference(where, pad, path):
+def test_non_finite_values_at_the_borders_spread_as_in_the_reference(where, pad, channels,
+                                                                      path):
     """The direct path computes whole flat rows, the columns between them included: an inf or
-    NaN in a first or last column must reach exactly the sums it reaches in the reference."""
+    NaN in a first or last column must reach exactly the sums it reaches in the reference.
+    (With one channel the direct path's dx comes from products and ``fold``.)"""
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((2, 2, 7, 6))
-    W = rng.standard_normal((3, 2, 3, 2))
+    x = rng.standard_normal((2, channels, 7, 6))
+    W = rng.standard_normal((3, channels, 3, 2))
     b = rng.standard_normal(3)
     oh, ow = 7 + 2 * pad - 2, 6 + 2 * pad - 1
     dout = rng.standard_normal((2, 3, oh, ow))
     if where == "x":
-        x[0, 1, 2, 0] = np.inf
+        x[0, channels - 1, 2, 0] = np.inf
         x[1, 0, 6, 5] = np.nan
     elif where == "W":
         W[1, 0, 0, 1] = np.inf
-        W[2, 1, 2, 0] = np.nan
+        W[2, channels - 1, 2, 0] = np.nan
     else:
         dout[0, 1, 3, 0] = np.inf
         dout[1, 2, oh - 1, ow - 1] = np.nan

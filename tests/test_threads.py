@@ -403,9 +403,9 @@ def test_long_kernel_calls_leave_products_alone_where_the_load_rule_is_off(fake_
 
 
 class SplitSpy:
-    """Records the row blocks :func:`fastbp.threads.product` hands to the helper threads, and
-    the BLAS count each block runs under. Other tasks (a convolution's ranges of images) pass
-    through."""
+    """Records the blocks of the output (their shapes) that :func:`fastbp.threads.product`
+    hands to the helper threads, and the BLAS count each block runs under. Other tasks (a
+    convolution's ranges of images) pass through."""
 
     def __init__(self, monkeypatch, fake_blas):
         self.blocks, self.counts = [], []
@@ -416,7 +416,7 @@ class SplitSpy:
             if not isinstance(a, np.ndarray):
                 return submit(fn, a, *args)
             b, out = args
-            self.blocks.append(a.shape[0])
+            self.blocks.append(out.shape)
 
             def part():
                 self.counts.append(fake_blas.count)
@@ -434,19 +434,25 @@ def _busy_kernels(monkeypatch):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="kernels run on one thread here")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(("idle", "rows", "blocks"),
-                         [(1, 10, [5]), (2, 10, [3, 4]), (64, 10, [3, 2, 3]), (64, 2, [1])])
-def test_product_splits_rows_over_helpers_while_kernels_are_busy(fake_blas, monkeypatch, dtype,
-                                                                idle, rows, blocks):
+@pytest.mark.parametrize(("idle", "shape", "blocks"),
+                         [(1, (10, 5), [(5, 5)]), (2, (10, 5), [(3, 5), (4, 5)]),
+                          (64, (10, 5), [(3, 5), (2, 5), (3, 5)]), (64, (2, 1), [(1, 1)]),
+                          (1, (5, 10), [(5, 5)]), (2, (3, 10), [(3, 3), (3, 4)]),
+                          (64, (1, 2), [(1, 1)])])
+def test_product_splits_over_helpers_while_kernels_are_busy(fake_blas, monkeypatch, dtype,
+                                                           idle, shape, blocks):
     """One block per idle core plus the caller's, never more than your BLAS count (4) or the
-    rows; every block on one BLAS thread; the count restored after; the product's values."""
+    rows (the columns, where ``out`` is wider than it is tall: strided blocks of ``out``);
+    every block on one BLAS thread; the count restored after; the product's values."""
+    rows, cols = shape
     rng = np.random.default_rng(rows + idle)
-    a, b = rng.standard_normal((rows, 7)).astype(dtype), rng.standard_normal((7, 5)).astype(dtype)
-    monkeypatch.setattr(threads, "SPLIT_MIN_FLOPS", 2 * rows * 7 * 5)
+    a = rng.standard_normal((rows, 7)).astype(dtype)
+    b = rng.standard_normal((7, cols)).astype(dtype)
+    monkeypatch.setattr(threads, "SPLIT_MIN_FLOPS", 2 * rows * 7 * cols)
     monkeypatch.setattr(parallel, "idle_cores", lambda ours=0: idle)
     spy = SplitSpy(monkeypatch, fake_blas)
     _busy_kernels(monkeypatch)
-    out = np.full((rows, 5), np.nan, dtype=dtype)
+    out = np.full((rows, cols), np.nan, dtype=dtype)
     assert threads.product(a, b, out) is out
     assert spy.blocks == blocks and spy.counts == [1] * len(blocks)
     assert fake_blas.sets == [1, 4] and fake_blas.count == 4
@@ -465,14 +471,14 @@ def test_product_split_of_transposed_views_matches_numpy(fake_blas, monkeypatch)
     _busy_kernels(monkeypatch)
     dW = threads.product(x.T, d, np.empty((13, 6)))
     dx = threads.product(d, W.T, np.empty((9, 13)))
-    assert spy.blocks == [7, 5]
+    assert spy.blocks == [(7, 6), (9, 7)]  # dW: rows 6..12; dx (9 x 13): columns 6..12
     np.testing.assert_allclose(dW, x.T @ d, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dx, d @ W.T, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="kernels run on one thread here")
 @pytest.mark.parametrize("case", ["small", "kernels quiet", "your count 1", "fixed count",
-                                  "no load check", "no idle core", "no loadavg", "one row",
+                                  "no load check", "no idle core", "no loadavg", "one element",
                                   "no blas"])
 def test_product_is_not_split(fake_blas, monkeypatch, case):
     monkeypatch.setattr(threads, "SPLIT_MIN_FLOPS", 2 * 4 * 3 * 2)
@@ -480,9 +486,11 @@ def test_product_is_not_split(fake_blas, monkeypatch, case):
                         lambda ours=0: {"no idle core": 0, "no loadavg": None}.get(case, 64))
     spy = SplitSpy(monkeypatch, fake_blas)
     _busy_kernels(monkeypatch)
-    rows = 1 if case == "one row" else 4
+    rows = 1 if case == "one element" else 4
     a, b = np.ones((rows, 3)), np.ones((3, 2))
-    if case == "small":
+    if case == "one element":  # as many flops as the others, in a 1 x 1 output
+        a, b = np.ones((1, 24)), np.ones((24, 1))
+    elif case == "small":
         a = np.ones((rows, 2))
         b = np.ones((2, 2))
     elif case == "kernels quiet":
@@ -531,9 +539,10 @@ def test_a_conv_net_step_runs_its_products_on_one_blas_thread(fake_blas, monkeyp
     step()
     assert len(counts) >= 2 and set(counts) == {1}, counts  # forward, backward at least
     # The Affine after the convolution multiplies 100x4320 by 4320x100 (86 MFLOP): forward,
-    # dW and dx split over helpers (3 blocks besides the caller's: BLAS count 4); DeepConvNet's
-    # products (at most 100x1024 @ 1024x50) are too small to split.
-    expected = [] if net == "deepconv" else [25] * 6 + [1080] * 3  # x @ W and dx; dW
+    # dW and dx split over helpers (3 blocks besides the caller's: BLAS count 4): x @ W by
+    # rows, dx (100 x 4320) by columns, dW (4320 x 100) by rows. DeepConvNet's products (at
+    # most 100x1024 @ 1024x50) are too small to split.
+    expected = [] if net == "deepconv" else [(25, 100)] * 3 + [(100, 1080)] * 3 + [(1080, 100)] * 3
     assert sorted(split.blocks) == sorted(expected), split.blocks
 
 
