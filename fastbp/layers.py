@@ -458,8 +458,8 @@ def _fold_products(d, W2, w_shape, pad, dx):
     (FN, C * FH * FW), as the column path computes it: per image, the windows' gradients
     ``W2.T @ d[n]`` (one BLAS thread), added back by :func:`fastbp.kernels.conv.fold`, a few
     images at a time while they are in cache. The direct path's ``dx`` for one channel, where
-    :func:`fastbp.kernels.conv.correlate_dx`'s passes have one channel to pair and ran 1.4-1.8x
-    slower (SimpleConvNet's layer, batch 100)."""
+    :func:`fastbp.kernels.conv.correlate_dx`'s passes have no second channel to pair and ran
+    1.35-1.8x slower (SimpleConvNet's layer and DeepConvNet's first, batch 100)."""
     n, fn, oh, ow = d.shape
     k, p = W2.shape[1], oh * ow
     fh, fw = w_shape[2:]
