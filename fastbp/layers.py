@@ -379,10 +379,10 @@ class Convolution:
         n, k, p = self.x.shape[0], c * fh * fw, oh * ow
         dout = v.gradient_for(dout, (n, fn, oh, ow), "Convolution")
         out_dtype, work = v.backward_dtypes(self._out_dtype, dout, W)
+        d = np.asarray(dout, dtype=work, order="C")
+        W2 = np.asarray(W, dtype=work, order="C").reshape(fn, k)
         if self._winograd:
-            d = np.asarray(dout, dtype=work, order="C")
-            grads = _winograd_backward(self.x.astype(work, copy=False),
-                                       np.asarray(W, dtype=work, order="C").reshape(w_shape), d,
+            grads = _winograd_backward(self.x.astype(work, copy=False), W2.reshape(w_shape), d,
                                        pad, self.need_dx)
             if grads is not None:
                 dW, db, dx = grads
@@ -393,24 +393,13 @@ class Convolution:
             # any tap count; the forward pass fell back to the columns above DIRECT_MAX_TAPS)
             self._enter_direct(self.x, self._W2, w_shape, pad, oh, ow, self._out_dtype)
         if self._direct is not None:
-            return self._backward_direct(dout, W, out_dtype, work)
-        d = np.asarray(dout, dtype=work, order="C").reshape(n, fn, p)
+            return self._backward_direct(d, W2, out_dtype)
+        d3 = d.reshape(n, fn, p)
         col = self._col.astype(work, copy=False)
-        W2T = np.asarray(W, dtype=work).reshape(fn, k).T
-        need_dx = self.need_dx
         parts = np.empty((n, fn, k + 1), dtype=work)  # [dW | db] of each image
-        dx = np.empty(self.x.shape, dtype=work) if need_dx else None
-        chunk = _images_per_chunk(k + 1, p, work)
 
         def images(lo, hi, serial):
-            fold = conv.fold.serial if serial else conv.fold
-            dcol = np.empty((min(chunk, hi - lo), k, p), dtype=work) if need_dx else None
-            for s in range(lo, hi, chunk):
-                e = min(hi, s + chunk)
-                np.matmul(d[s:e], col[s:e].transpose(0, 2, 1), out=parts[s:e])
-                if need_dx:
-                    np.matmul(W2T, d[s:e], out=dcol[:e - s])
-                    fold(dcol[:e - s], fh, fw, stride, pad, dx[s:e])
+            np.matmul(d3[lo:hi], col[lo:hi].transpose(0, 2, 1), out=parts[lo:hi])
 
         _over_images(images, n, col.size, 2 * fn * (k + 1) * p)
         grads = np.empty(fn * (k + 1), dtype=work)
@@ -418,20 +407,24 @@ class Convolution:
         grads = grads.reshape(fn, k + 1)
         self.dW = v.as_result(grads[:, :k].reshape(w_shape), out_dtype)
         self.db = v.as_result(grads[:, k].copy(), out_dtype)
-        return None if dx is None else v.as_result(dx, out_dtype)
+        if not self.need_dx:
+            return None
+        dx = np.empty(self.x.shape, dtype=work)
+        _fold_products(d, W2, fh, fw, stride, pad, dx)
+        return v.as_result(dx, out_dtype)
 
-    def _backward_direct(self, dout, W, out_dtype, work):
-        """``backward`` on the direct path (see :data:`DIRECT_MAX_TAPS`)."""
+    def _backward_direct(self, d, W2, out_dtype):
+        """``backward`` on the direct path (see :data:`DIRECT_MAX_TAPS`): ``d`` and the filters
+        ``W2`` (FN, C * FH * FW) C-contiguous in the compute dtype."""
         xp, taps = self._direct
         w_shape, _, pad, oh, ow = self._geometry
-        d = np.asarray(dout, dtype=work, order="C")
+        work = d.dtype
         xp = self._direct_grads(d, d, _NO_CODE, False, oh, ow, xp, taps, w_shape, out_dtype)
         if not self.need_dx:
             return None
-        W2 = np.asarray(W, dtype=work, order="C").reshape(w_shape[0], taps.size)
         if w_shape[1] == 1:  # one channel: the windows' gradients from products, then fold
             dx = np.empty(self.x.shape, dtype=work)
-            _fold_products(d, W2, w_shape, pad, dx)
+            _fold_products(d, W2, w_shape[2], w_shape[3], 1, pad, dx)
             return v.as_result(dx, out_dtype)
         dxp = np.empty(xp.shape, dtype=work)
         conv.correlate_dx(d, W2, taps, bool(np.isfinite(W2).all()), dxp)
@@ -453,16 +446,15 @@ class Convolution:
         return xp
 
 
-def _fold_products(d, W2, w_shape, pad, dx):
-    """``dx`` (N, C, H, W) at stride 1 from ``d`` (N, FN, OH, OW) and the filters ``W2``
-    (FN, C * FH * FW), as the column path computes it: per image, the windows' gradients
-    ``W2.T @ d[n]`` (one BLAS thread), added back by :func:`fastbp.kernels.conv.fold`, a few
-    images at a time while they are in cache. The direct path's ``dx`` for one channel, where
+def _fold_products(d, W2, fh, fw, stride, pad, dx):
+    """``dx`` (N, C, H, W) from ``d`` (N, FN, OH, OW) and the filters ``W2``
+    (FN, C * FH * FW): per image, the windows' gradients ``W2.T @ d[n]`` (one BLAS thread),
+    added back by :func:`fastbp.kernels.conv.fold`, a few images at a time while they are in
+    cache. The column path's ``dx``, and the direct path's for one channel, where
     :func:`fastbp.kernels.conv.correlate_dx`'s passes have no second channel to pair and ran
     1.35-1.8x slower (SimpleConvNet's layer and DeepConvNet's first, batch 100)."""
     n, fn, oh, ow = d.shape
     k, p = W2.shape[1], oh * ow
-    fh, fw = w_shape[2:]
     d3 = d.reshape(n, fn, p)
     W2T = W2.T
     chunk = _images_per_chunk(k, p, dx.dtype)
@@ -473,7 +465,7 @@ def _fold_products(d, W2, w_shape, pad, dx):
         for s in range(lo, hi, chunk):
             e = min(hi, s + chunk)
             np.matmul(W2T, d3[s:e], out=dcol[:e - s])
-            fold(dcol[:e - s], fh, fw, 1, pad, dx[s:e])
+            fold(dcol[:e - s], fh, fw, stride, pad, dx[s:e])
 
     _over_images(images, n, n * k * p, 2 * fn * k * p)
 
