@@ -69,12 +69,7 @@ def _gt(u0, u1, u2, u3, half):
 @kernel
 def _plane_into(src, pad, scratch):
     """Zero ``scratch`` (H2, W2) and copy the plane ``src`` (H, W) into it at (pad, pad)."""
-    zero = scratch.dtype.type(0)
-    h2, w2 = scratch.shape
-    for i in range(h2):
-        row = scratch[i]
-        for j in range(w2):
-            row[j] = zero
+    scratch[:, :] = scratch.dtype.type(0)
     h, w = src.shape
     for i in range(h):
         dst = scratch[pad + i, pad:pad + w]
@@ -203,9 +198,7 @@ def transform_input_grad(dV, cols, th, tw, pad, dx):
     total = zero
     for n in range(n_img):
         for c in range(c_count):
-            for i in range(scratch.shape[0]):
-                for j in range(scratch.shape[1]):
-                    scratch[i, j] = zero
+            scratch[:, :] = zero
             base = c * cols + n * t_img
             for i in range(th):
                 for j in range(tw):
