@@ -685,8 +685,8 @@ class SimpleConvNet(_ConvNet):
         self._check_images(x)
         z = block.forward(x)
         # (The block's kernels have just run, so each product below runs on one BLAS thread,
-        # the large ones split by rows over helper threads, and no BLAS worker spins on the core
-        # the block's backward kernel needs: see fastbp.threads.KERNELS_BUSY_SECONDS.)
+        # the large ones split into blocks over helper threads, and no BLAS worker spins on the
+        # core the block's backward kernel needs: see fastbp.threads.KERNELS_BUSY_SECONDS.)
         for layer in layers[3:]:
             z = layer.forward(z)
         self.last_layer.forward(z, t)

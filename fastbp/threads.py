@@ -40,8 +40,9 @@ The default (``set_num_threads(None)``)
   batch, so they keep the rule above; MultiLayerNet (784, 4 x 100, 10) at batches of 3,000 and
   10,000, whose kernels pass 1 ms, measured the same with the exception and without it.
   Within that window, ``Affine``'s products of at least :data:`SPLIT_MIN_FLOPS` (:func:`product`)
-  are split by rows instead, one block per idle core, each on one BLAS thread, on fastbp's helper
-  threads, which sleep as soon as their block is done: SimpleConvNet's 100x4320 @ 4320x100
+  are split instead (by rows, or by columns for a wide output), one block per idle core, each
+  on one BLAS thread, on fastbp's helper threads, which sleep as soon as their block is done:
+  SimpleConvNet's 100x4320 @ 4320x100
   products took a 13-15 ms float64 step to 10-11 ms, and 141 ms to 92 ms at batch 1,000 (where
   BLAS's own two threads had run them and spun after).
   The count is lowered only around fastbp's own products and restored after each.
@@ -174,7 +175,7 @@ over helper threads instead where a core is idle (:data:`SPLIT_MIN_FLOPS`)."""
 SPLIT_MIN_FLOPS = 1 << 26
 """:func:`product` splits a product of at least this many floating-point operations (67 MFLOP,
 1.5-2 ms on one core in float64) that starts while the kernels are busy
-(:data:`KERNELS_BUSY_SECONDS`) by rows over helper threads, one per idle core, each part on one
+(:data:`KERNELS_BUSY_SECONDS`) into blocks over helper threads, one per idle core, each part on one
 BLAS thread. Unlike BLAS's own workers, the helpers sleep as soon as their part is done, so the
 kernels that follow find the cores idle. Below it, handing a part to a helper cost more than
 it saved here (a 100x2048 @ 2048x100 product: 0.91-0.96 ms on one thread, 0.65-0.93 ms split
